@@ -1,10 +1,15 @@
 """Origin-authenticated events: a per-source hash chain with signed heads (DESIGN.md, "Data model").
 
-Every event of a source carries ``chain`` = BLAKE3(domain ‖ previous chain ‖ canonical event bytes), the
-previous chain of offset 0 being 32 zero bytes. The origin signs *heads* — ``(source, offset, chain)`` — with its
-Ed25519 key: at least the last event of every publish batch. A receiver that holds offsets ``0..k`` of a source
-recomputes the chain of the events after ``k`` and accepts them up to the highest signed head whose signature
-verifies; a relay can neither alter, reorder, drop from the middle of, nor invent events of another source.
+Every event of a source carries ``chain`` = BLAKE3(domain ‖ previous chain ‖ canonical event bytes),
+the
+previous chain of offset 0 being 32 zero bytes. The origin signs *heads* — ``(source, offset,
+chain)`` — with its
+Ed25519 key: at least the last event of every publish batch. A receiver that holds offsets ``0..k``
+of a source
+recomputes the chain of the events after ``k`` and accepts them up to the highest signed head whose
+signature
+verifies; a relay can neither alter, reorder, drop from the middle of, nor invent events of another
+source.
 Signing one head per batch keeps signing off the publish hot path.
 """
 
@@ -36,8 +41,10 @@ _HEAD_DOMAIN = b"swarmnode head v1\x00"
 class EventRecord:
     """One stored event, as it is hashed, stored and replicated.
 
-    ``payload`` is the compact JSON text of the event's payload, kept verbatim so every node hashes and
-    serves the same bytes. ``timestamp`` is microseconds since the Unix epoch. ``signature`` is present on
+    ``payload`` is the compact JSON text of the event's payload, kept verbatim so every node hashes
+    and
+    serves the same bytes. ``timestamp`` is microseconds since the Unix epoch. ``signature`` is
+    present on
     signed heads only.
     """
 
@@ -83,8 +90,12 @@ def head_signing_bytes(source: str, offset: int, chain: bytes) -> bytes:
     return _HEAD_DOMAIN + packed
 
 
-def verify_head(public_key: bytes, source: str, offset: int, chain: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is ``source``'s signature over this head and the key belongs to ``source``."""
+def verify_head(
+    public_key: bytes, source: str, offset: int, chain: bytes, signature: bytes
+) -> bool:
+    """True when ``signature`` is ``source``'s signature over this head and the key belongs to
+    ``source``.
+    """
     if len(public_key) != 32 or node_id_from_public_key(public_key) != source:
         return False
     try:

@@ -1,7 +1,10 @@
-"""Blob outlines: fixed-size chunks, their BLAKE3 digests, and the outline root (DESIGN.md, "Data model").
+"""Blob outlines: fixed-size chunks, their BLAKE3 digests, and the outline root (DESIGN.md, "Data
+model").
 
-The outline of a blob is the concatenation of the 32-byte BLAKE3 digests of its chunks, in order; the outline
-root is the BLAKE3 digest of that concatenation. The metadata event carries handle, size, chunk size and
+The outline of a blob is the concatenation of the 32-byte BLAKE3 digests of its chunks, in order;
+the outline
+root is the BLAKE3 digest of that concatenation. The metadata event carries handle, size, chunk size
+and
 outline root, so any chunk from any peer can be checked on arrival. An empty blob has no chunks.
 All functions are pure; hashing is done by the ``blake3`` package, never per byte in Python.
 """
@@ -22,8 +25,10 @@ __all__ = [
     "verify_chunk",
 ]
 
-# One chunk size per protocol version. 256 KiB: a 1 GiB blob has 4,096 chunks (a 128 KiB outline, one
-# frame), fine-grained enough to stripe across providers, coarse enough that per-chunk overhead is small.
+# One chunk size per protocol version. 256 KiB: a 1 GiB blob has 4,096 chunks (a 128 KiB outline,
+# one
+# frame), fine-grained enough to stripe across providers, coarse enough that per-chunk overhead is
+# small.
 CHUNK_SIZE = 256 * 1024
 DIGEST_SIZE = 32
 
@@ -72,7 +77,8 @@ def verify_chunk(outline: bytes | memoryview, index: int, data: bytes | memoryvi
 
 
 class OutlineBuilder:
-    """Computes handle digest and outline in one streaming pass over bytes fed in pieces of any size.
+    """Computes handle digest and outline in one streaming pass over bytes fed in pieces of any
+    size.
 
     ``update`` never copies whole pieces: it slices memoryviews at chunk boundaries.
     """

@@ -25,14 +25,20 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="swarmnode",
-        description="Run a swarmnode: ActyxOS 1.x Event Service and Blob Service, replicated across a swarm.",
+        description="Run a swarmnode: ActyxOS 1.x Event and Blob Services, shared by a swarm.",
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("swarm-data"), help="default ./swarm-data")
-    parser.add_argument("--listen", default="0.0.0.0:4001", help="swarm address (default 0.0.0.0:4001)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("swarm-data"), help="default ./swarm-data"
+    )
+    parser.add_argument(
+        "--listen", default="0.0.0.0:4001", help="swarm address (default 0.0.0.0:4001)"
+    )
     parser.add_argument("--events-api", default="127.0.0.1:4454", help="default 127.0.0.1:4454")
     parser.add_argument("--blobs-api", default="127.0.0.1:4455", help="default 127.0.0.1:4455")
     parser.add_argument("--peers", default="", help="HOST:PORT,... of nodes to join")
-    parser.add_argument("--swarm-key", default=None, help="HEX or @FILE (default: <data-dir>/swarm.key)")
+    parser.add_argument(
+        "--swarm-key", default=None, help="HEX or @FILE (default: <data-dir>/swarm.key)"
+    )
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS, help="default INFO"
     )

@@ -27,16 +27,20 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        out.update(
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")
+        )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
 def setup_logging(level: str) -> None:
-    """Send JSON lines to stderr at ``level``; aiohttp's access log stays at WARNING to keep noise down."""
+    """Send JSON lines to stderr at ``level``; aiohttp's access log stays at WARNING to keep noise
+    down.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

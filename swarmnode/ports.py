@@ -1,6 +1,7 @@
 """The ports between node parts: what the HTTP apps and the blob service need from the event log.
 
-``api/`` and ``store/`` depend on these protocols, not on SQLite, so tests can use fakes and the swarm can
+``api/`` and ``store/`` depend on these protocols, not on SQLite, so tests can use fakes and the
+swarm can
 wrap the log without the apps noticing.
 """
 
@@ -63,7 +64,7 @@ class EventLogPort(Protocol):
         upper_bound: Mapping[str, int],
         order: Order,
     ) -> AsyncIterator[EventRecord]:
-        """Events in (lower, upper] per source in ``order``; waits for events below ``upper_bound``."""
+        """Events in (lower, upper] per source in ``order``; waits for those not yet held."""
         ...
 
     def subscribe(

@@ -1,4 +1,6 @@
-"""protocol/ stays sans-IO: it imports nothing from swarmnode/, asyncio or socket (DESIGN.md, "Layout")."""
+"""protocol/ stays sans-IO: it imports nothing from swarmnode/, asyncio or socket (DESIGN.md,
+"Layout").
+"""
 
 from __future__ import annotations
 
@@ -21,9 +23,7 @@ def _imported_roots(path: Path) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize(
-    "path", sorted((ROOT / "protocol").rglob("*.py")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted((ROOT / "protocol").rglob("*.py")), ids=lambda p: p.name)
 def test_protocol_module_is_sans_io(path: Path) -> None:
     assert not (_imported_roots(path) & FORBIDDEN_IN_PROTOCOL)
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 __all__ = ["ApiError", "error_response", "make_middlewares"]
 
@@ -18,6 +19,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 _CORS_METHODS = "GET, HEAD, POST, OPTIONS"
 _CORS_MAX_AGE = "86400"
+# Typed request keys: aiohttp >= 3.14 warns (NotAppKeyWarning) on plain string keys.
+_CORS_ORIGIN: web.RequestKey[str] = web.RequestKey("cors_origin")
+_CORS_ON_PREPARE: web.RequestKey[Callable[[web.Request, web.StreamResponse], Awaitable[None]]] = (
+    web.RequestKey("cors_on_prepare")
+)
 
 
 class ApiError(Exception):
@@ -55,7 +61,7 @@ def _is_loopback(name: str) -> bool:
 
 def make_middlewares(
     *, cors_origins: Iterable[str], allowed_hosts: Iterable[str]
-) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+) -> list[Middleware]:
     """Middlewares in order: Host guard, CORS (preflight + headers), error rendering."""
     origins = tuple(cors_origins)
     hosts = frozenset(h.lower() for h in allowed_hosts)
@@ -90,15 +96,17 @@ def make_middlewares(
             return preflight
         if origin is not None:
             # Set before the handler runs so streaming responses carry it when they prepare.
-            request["cors_origin"] = origin
+            request[_CORS_ORIGIN] = origin
 
             async def on_prepare(req: web.Request, resp: web.StreamResponse) -> None:
                 resp.headers.setdefault("Access-Control-Allow-Origin", origin)
-                resp.headers.setdefault("Access-Control-Expose-Headers", "ETag, Content-Length, Content-Range")
+                resp.headers.setdefault(
+                    "Access-Control-Expose-Headers", "ETag, Content-Length, Content-Range"
+                )
                 if origin != "*":
                     resp.headers.setdefault("Vary", "Origin")
 
-            request["cors_on_prepare"] = on_prepare
+            request[_CORS_ON_PREPARE] = on_prepare
         return await handler(request)
 
     @web.middleware
@@ -113,24 +121,30 @@ def make_middlewares(
             message = exc.reason or "error"
             if exc.status == 413:
                 message = "request body too large"
-            return error_response(exc.status, message.lower() if exc.status in (404, 405) else message)
+            return error_response(
+                exc.status, message.lower() if exc.status in (404, 405) else message
+            )
         except (ConnectionResetError, TimeoutError):
             raise
         except Exception:
-            log.exception("http.internal_error", extra={"path": request.path, "method": request.method})
+            log.exception(
+                "http.internal_error", extra={"path": request.path, "method": request.method}
+            )
             return error_response(500, "internal error")
 
     return [guard_and_cors, render_errors]
 
 
 async def apply_cors_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare`` signal: adds the CORS headers the middleware chose for this request."""
-    hook = request.get("cors_on_prepare")
+    """``on_response_prepare`` signal: add the CORS headers the middleware chose for the request."""
+    hook = request.get(_CORS_ON_PREPARE)
     if hook is not None:
         await hook(request, response)
 
 
-def new_app(*, cors_origins: Iterable[str], allowed_hosts: Iterable[str], client_max_size: int) -> web.Application:
+def new_app(
+    *, cors_origins: Iterable[str], allowed_hosts: Iterable[str], client_max_size: int
+) -> web.Application:
     """A bare application with the shared middlewares and signals; each API adds its routes."""
     app = web.Application(
         middlewares=make_middlewares(cors_origins=cors_origins, allowed_hosts=allowed_hosts),
