@@ -1,8 +1,8 @@
 """One error family for the wire protocol, split by who is to blame (after h11 and h2).
 
 ``RemoteProtocolError``: the peer broke the protocol (close the connection, score the peer down).
-``LocalProtocolError``: the caller misused the API (a bug in our own code).
-Each error carries an ``ErrorCode`` from SPEC.md's error table, so it can be sent in an error frame.
+``LocalProtocolError``: the caller misused the API (a bug in our own code). Each error carries an
+``ErrorCode`` from SPEC.md's error table, so it can be sent in an error frame.
 """
 
 from __future__ import annotations

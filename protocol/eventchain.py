@@ -1,16 +1,12 @@
 """Origin-authenticated events: a per-source hash chain with signed heads (DESIGN.md, "Data model").
 
 Every event of a source carries ``chain`` = BLAKE3(domain ‖ previous chain ‖ canonical event bytes),
-the
-previous chain of offset 0 being 32 zero bytes. The origin signs *heads* — ``(source, offset,
-chain)`` — with its
-Ed25519 key: at least the last event of every publish batch. A receiver that holds offsets ``0..k``
-of a source
-recomputes the chain of the events after ``k`` and accepts them up to the highest signed head whose
-signature
-verifies; a relay can neither alter, reorder, drop from the middle of, nor invent events of another
-source.
-Signing one head per batch keeps signing off the publish hot path.
+the previous chain of offset 0 being 32 zero bytes. The origin signs *heads* — ``(source, offset,
+chain)`` — with its Ed25519 key: at least the last event of every publish batch. A receiver that
+holds offsets ``0..k`` of a source recomputes the chain of the events after ``k`` and accepts them
+up to the highest signed head whose signature verifies; a relay can neither alter, reorder, drop
+from the middle of, nor invent events of another source. Signing one head per batch keeps signing
+off the publish hot path.
 """
 
 from __future__ import annotations
@@ -42,10 +38,8 @@ class EventRecord:
     """One stored event, as it is hashed, stored and replicated.
 
     ``payload`` is the compact JSON text of the event's payload, kept verbatim so every node hashes
-    and
-    serves the same bytes. ``timestamp`` is microseconds since the Unix epoch. ``signature`` is
-    present on
-    signed heads only.
+    and serves the same bytes. ``timestamp`` is microseconds since the Unix epoch. ``signature`` is
+    present on signed heads only.
     """
 
     source: str

@@ -2,11 +2,10 @@
 model").
 
 The outline of a blob is the concatenation of the 32-byte BLAKE3 digests of its chunks, in order;
-the outline
-root is the BLAKE3 digest of that concatenation. The metadata event carries handle, size, chunk size
-and
-outline root, so any chunk from any peer can be checked on arrival. An empty blob has no chunks.
-All functions are pure; hashing is done by the ``blake3`` package, never per byte in Python.
+the outline root is the BLAKE3 digest of that concatenation. The metadata event carries handle,
+size, chunk size and outline root, so any chunk from any peer can be checked on arrival. An empty
+blob has no chunks. All functions are pure; hashing is done by the ``blake3`` package, never per
+byte in Python.
 """
 
 from __future__ import annotations
@@ -77,8 +76,7 @@ def verify_chunk(outline: bytes | memoryview, index: int, data: bytes | memoryvi
 
 
 class OutlineBuilder:
-    """Computes handle digest and outline in one streaming pass over bytes fed in pieces of any
-    size.
+    """Computes content digest and outline in one streaming pass over pieces of any size.
 
     ``update`` never copies whole pieces: it slices memoryviews at chunk boundaries.
     """

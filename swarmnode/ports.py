@@ -1,8 +1,7 @@
 """The ports between node parts: what the HTTP apps and the blob service need from the event log.
 
 ``api/`` and ``store/`` depend on these protocols, not on SQLite, so tests can use fakes and the
-swarm can
-wrap the log without the apps noticing.
+swarm can wrap the log without the apps noticing.
 """
 
 from __future__ import annotations
