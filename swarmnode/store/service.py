@@ -1,0 +1,471 @@
+"""The blob service: stores uploads, knows every blob announced in the swarm, applies retention.
+
+It owns ``<data-dir>/blobs`` (layout in files.py), the SQLite catalog (catalog.py, used on one
+thread), the retention timer, and a follower that reads the event log's metadata events from a
+persisted cursor, so the catalog learns of every blob announced anywhere (local or not yet here).
+
+An upload: ``begin_upload()`` → ``write`` the bytes (any size of pieces) → ``store(...)``, which
+seals the temp file, renames it into ``data/``, commits the catalog row, publishes the metadata
+event, records it, and only then returns the handle (the HTTP app answers 201 after that).
+
+Blob replication (a later issue) plugs in here:
+
+- ``fetch(row)`` is the hook a ``GET`` calls for a blob known from its metadata but not local; it
+  raises ``BlobNotAvailable`` until replication fetches from peers (and then streams the verified
+  prefix of a download in progress).
+- ``wanted()`` lists blobs to fetch (state ``remote``: size, chunk size and outline root in each
+  row); ``outline(handle)`` serves the outline of a local blob to peers; downloads are assembled in
+  ``partial_path(handle)`` (+ ``.bitmap`` for verified chunks), which ``recover`` leaves alone.
+  A complete, verified download is installed like an upload (rename into ``data/``, then the row
+  becomes ``local``); see maintenance.py for the ordering that makes that crash-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from protocol.eventchain import EventRecord
+from swarmnode.config import Config
+from swarmnode.ports import EventLogPort, NewEvent, Subscription
+from swarmnode.store import maintenance
+from swarmnode.store.catalog import BlobRow, Catalog, ListCursor
+from swarmnode.store.errors import BlobDeleted, BlobNotAvailable, UnknownBlob
+from swarmnode.store.files import (
+    BufferPool,
+    IngestedFile,
+    IngestWriter,
+    StoreLayout,
+    WriteFn,
+    tune_allocator,
+)
+from swarmnode.store.metadata import (
+    METADATA_NAME,
+    METADATA_SEMANTICS,
+    ClientMetadata,
+    MetadataError,
+    MetadataEvent,
+    build_payload,
+    encode_payload,
+    hex_of_handle,
+    parse_metadata_event,
+)
+
+__all__ = ["BlobService", "LocalBlob"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_METADATA_SUBSCRIPTION = (Subscription(semantics=METADATA_SEMANTICS, name=METADATA_NAME),)
+# Metadata events buffered between the event log and the catalog; beyond this the subscription
+# waits (the log never lets one slow subscriber block others), and a batch is one transaction.
+_FOLLOW_QUEUE = 4096
+_INGEST_THREADS = 4
+
+
+@dataclass(slots=True)
+class LocalBlob:
+    """An open, complete local blob; the caller closes ``file`` (opened unbuffered)."""
+
+    handle: str
+    size: int
+    content_type: str
+    file: BinaryIO
+
+
+class BlobService:
+    """See the module docstring. ``await start()`` before use, ``await stop()`` at the end.
+
+    ``clock`` (Unix seconds) drives createdOn and retention, so tests need not sleep; ``write`` is
+    the write call of the ingest path, so tests can inject ENOSPC.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        events: EventLogPort,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        write: WriteFn = os.write,
+    ) -> None:
+        self.layout = StoreLayout(root)
+        self._events = events
+        self._config = config
+        self._clock = clock
+        self._write = write
+        self._catalog: Catalog | None = None
+        self._db_thread: ThreadPoolExecutor | None = None
+        self._io_threads: ThreadPoolExecutor | None = None
+        self._pool: BufferPool | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retention_wake = asyncio.Event()
+        self._retention_lock = asyncio.Lock()
+        self._retention_changed = asyncio.Condition()
+        self._retention_wanted = 0
+        self._retention_done = 0
+        self.retention_deleted = 0
+        self._followed: dict[str, int] = {}
+        self._followed_changed = asyncio.Condition()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the catalog, catch up with the event log, clean crash leftovers, start tasks."""
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="blob-catalog")
+        self._io_threads = ThreadPoolExecutor(_INGEST_THREADS, thread_name_prefix="blob-io")
+        self._pool = BufferPool()
+        tuned = tune_allocator()
+        await self._db(self.layout.ensure)
+        self._catalog = await self._db(Catalog, self.layout.catalog)
+        await self._catch_up()
+        report = await self._db(maintenance.recover, self.layout, self._catalog)
+        log.info(
+            "blob.store_opened",
+            extra={
+                "root": str(self.layout.root),
+                "tmp_removed": report.tmp_removed,
+                "orphans_removed": report.orphans_removed,
+                "uploads_forgotten": report.uploads_forgotten,
+                "missing_files": report.missing_files,
+                "allocator_tuned": tuned,
+            },
+        )
+        queue: asyncio.Queue[MetadataEvent | tuple[str, int]] = asyncio.Queue(_FOLLOW_QUEUE)
+        self._tasks = [
+            asyncio.create_task(self._follow(queue), name="blobs-follow"),
+            asyncio.create_task(self._record_followed(queue), name="blobs-record"),
+            asyncio.create_task(self._retention_loop(), name="blobs-retention"),
+        ]
+        self._request_retention()
+
+    async def stop(self) -> None:
+        """Cancel and await the background tasks, close the catalog and the threads."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("blob.task_failed", extra={"task": task.get_name()})
+        self._tasks.clear()
+        if self._catalog is not None:
+            await self._db(self._catalog.close)
+            self._catalog = None
+        for executor in (self._io_threads, self._db_thread):
+            if executor is not None:
+                await asyncio.to_thread(executor.shutdown)
+        self._io_threads = self._db_thread = None
+
+    async def _db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on the catalog thread (the only thread that touches the catalog)."""
+        assert self._db_thread is not None, "BlobService is not started"
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    @property
+    def catalog(self) -> Catalog:
+        assert self._catalog is not None, "BlobService is not started"
+        return self._catalog
+
+    @property
+    def node_id(self) -> str:
+        return self._events.node_id
+
+    # -- following the event log ---------------------------------------------------------------
+
+    @staticmethod
+    def _parse(record: EventRecord) -> MetadataEvent | tuple[str, int]:
+        """A metadata event, or ``(source, offset)`` of an unusable one (followed all the same)."""
+        try:
+            return parse_metadata_event(record)
+        except MetadataError as exc:
+            log.warning(
+                "blob.metadata_rejected",
+                extra={"source": record.source, "offset": record.offset, "error": str(exc)},
+            )
+            return (record.source, record.offset)
+
+    async def _record(
+        self, items: list[MetadataEvent | tuple[str, int]], *, follow: bool = True
+    ) -> None:
+        """Record events in the catalog; ``follow``: they come in log order, advance the cursor.
+
+        An upload records its own event out of band (read-your-writes) without touching the
+        cursor: only the follower, which sees every event in order, may move it past an event.
+        """
+        cursor: dict[str, int] = {}
+        events = []
+        for item in items:
+            source, offset = item if isinstance(item, tuple) else (item.source, item.offset)
+            cursor[source] = max(cursor.get(source, -1), offset)
+            if not isinstance(item, tuple):
+                events.append(item)
+        if not follow:
+            cursor = {}
+        new = await self._db(self.catalog.record, events, cursor)
+        if new:
+            log.info("blob.announced", extra={"handles": new[:10], "count": len(new)})
+        if events:
+            self._request_retention()
+        async with self._followed_changed:
+            for source, offset in cursor.items():
+                self._followed[source] = max(self._followed.get(source, -1), offset)
+            self._followed_changed.notify_all()
+
+    async def wait_followed(self, source: str, offset: int) -> None:
+        """Wait until the metadata events of ``source`` up to ``offset`` are in the catalog.
+
+        For callers that saw an event in the log (a test, or replication's notification) and
+        need the catalog to know it; counts only events recorded since this service started.
+        """
+        async with self._followed_changed:
+            await self._followed_changed.wait_for(lambda: self._followed.get(source, -1) >= offset)
+
+    async def _catch_up(self) -> None:
+        """Record every metadata event the log already holds, before recovery looks at the rows."""
+        cursor = await self._db(self.catalog.cursor)
+        upper = self._events.offsets()
+        batch: list[MetadataEvent | tuple[str, int]] = []
+        records = self._events.query(_METADATA_SUBSCRIPTION, cursor, upper, "source-ordered")
+        async with _closing(records):
+            async for record in records:
+                batch.append(self._parse(record))
+                if len(batch) >= _FOLLOW_QUEUE:
+                    await self._record(batch)
+                    batch = []
+        if batch:
+            await self._record(batch)
+
+    async def _follow(self, queue: asyncio.Queue[MetadataEvent | tuple[str, int]]) -> None:
+        cursor = await self._db(self.catalog.cursor)
+        records = self._events.subscribe(_METADATA_SUBSCRIPTION, cursor)
+        async with _closing(records):
+            async for record in records:
+                await queue.put(self._parse(record))
+        log.info("blob.follow_ended")
+
+    async def _record_followed(self, queue: asyncio.Queue[MetadataEvent | tuple[str, int]]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < _FOLLOW_QUEUE:
+                batch.append(queue.get_nowait())
+            try:
+                await self._record(batch)
+            except Exception:
+                log.exception("blob.record_failed", extra={"count": len(batch)})
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    async def begin_upload(self) -> IngestWriter:
+        """A writer for one upload's bytes; ``store`` it, or ``abort()`` it on any failure."""
+        assert self._pool is not None, "not started"
+        assert self._io_threads is not None, "not started"
+        writer = IngestWriter(
+            self.layout,
+            self._pool,
+            self._io_threads,
+            max_bytes=self._config.max_blob_bytes,
+            write=self._write,
+        )
+        await writer.open()
+        return writer
+
+    def now(self) -> float:
+        """The service's clock (Unix seconds): what uploads validate ``keepUntilTime`` against."""
+        return self._clock()
+
+    async def store(
+        self,
+        writer: IngestWriter,
+        meta: ClientMetadata,
+        *,
+        content_type: str | None,
+        filename: str | None,
+    ) -> str:
+        """Seal, install and announce an upload; returns its handle once the event is published.
+
+        Raises ``DiskFull`` (nothing of this upload stays) and whatever publishing raises; on any
+        exception the caller still calls ``writer.abort()`` (harmless after a successful seal).
+        """
+        ingested: IngestedFile = await writer.finish()
+        handle = await self._db(maintenance.install_blob, self.layout, self.catalog, ingested)
+        row = await self._db(self.catalog.get, handle)
+        assert row is not None
+        payload = build_payload(
+            handle=handle,
+            created_on_us=int(self._clock() * 1_000_000),
+            source=self._events.node_id,
+            meta=meta,
+            size=row.size,
+            content_type=content_type or "application/octet-stream",
+            filename=filename,
+            chunk_size=row.chunk_size,
+            outline_root=row.outline_root,
+        )
+        event = NewEvent(
+            semantics=METADATA_SEMANTICS, name=METADATA_NAME, payload=encode_payload(payload)
+        )
+        records = await self._events.publish([event])
+        # Recorded here, not only by the follower: the 201 promises read-your-writes.
+        await self._record([self._parse(r) for r in records], follow=False)
+        log.info(
+            "blob.stored",
+            extra={"handle": handle, "bytes": row.size, "semantics": meta.semantics},
+        )
+        return handle
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def lookup(self, handle: str) -> BlobRow | None:
+        """The catalog row of an announced blob (``None`` if no announcement reached this node)."""
+        row = await self._db(self.catalog.get, handle)
+        return row if row is not None and row.announced else None
+
+    async def catalog_row(self, handle: str) -> BlobRow | None:
+        """The raw catalog row, announced or not (diagnostics and replication)."""
+        return await self._db(self.catalog.get, handle)
+
+    async def open_blob(self, handle: str) -> LocalBlob:
+        """Open a blob's bytes for reading.
+
+        Raises ``UnknownBlob`` (no announcement here), ``BlobDeleted`` (retention removed the
+        bytes), or whatever ``fetch`` raises for a blob that is not local.
+        """
+        row = await self.lookup(handle)
+        if row is None:
+            raise UnknownBlob(handle)
+        if row.state == "deleted":
+            raise BlobDeleted(handle)
+        if row.state == "remote":
+            return await self.fetch(row)
+        path = self.layout.data_path(hex_of_handle(handle))
+        try:
+            file = await asyncio.get_running_loop().run_in_executor(
+                self._io_threads, _open_unbuffered, path
+            )
+        except FileNotFoundError:
+            raise BlobDeleted(handle) from None  # retention removed it since the lookup
+        return LocalBlob(handle, row.size, row.content_type or "application/octet-stream", file)
+
+    async def fetch(self, row: BlobRow) -> LocalBlob:
+        """Hook for blob replication: get a non-local blob's bytes from peers.
+
+        There are no peers yet, so it raises ``BlobNotAvailable``. The replication issue replaces
+        this with: start (or join) the download of ``row`` into ``partial_path``, then return a
+        reader that streams the verified prefix as it grows.
+        """
+        raise BlobNotAvailable(row.handle)
+
+    async def metadata(self, handle: str) -> dict[str, Any] | None:
+        """The newest metadata event payload of ``handle`` plus where its bytes are, or ``None``.
+
+        Adds ``local`` (bytes complete here), ``peers`` (nodes known to hold them: none until
+        replication exists) and ``deleted`` (retention removed them).
+        """
+        row = await self.lookup(handle)
+        return None if row is None else _describe(row)
+
+    async def list_blobs(
+        self, *, limit: int, before: ListCursor | None
+    ) -> tuple[list[dict[str, Any]], ListCursor | None]:
+        """Announced blobs' metadata, newest first; the cursor continues after the last one."""
+        rows = await self._db(self.catalog.newest, limit, before)
+        items = [_describe(r) for r in rows]
+        last = rows[-1] if len(rows) == limit else None
+        after = None
+        if last is not None and last.latest_lamport is not None and last.latest_source:
+            after = (last.latest_lamport, last.latest_source)
+        return items, after
+
+    # -- replication hooks ---------------------------------------------------------------------
+
+    async def wanted(self) -> list[str]:
+        """Handles announced and retained but not local: what replication should fetch."""
+        return await self._db(self.catalog.handles_in_state, "remote")
+
+    async def outline(self, handle: str) -> bytes | None:
+        """The outline of a local blob, to serve to peers (``None`` if the bytes are not here)."""
+        return await self._db(self.catalog.outline, handle)
+
+    def partial_path(self, handle: str) -> Path:
+        """Where replication assembles a download of ``handle``."""
+        return self.layout.partial_path(hex_of_handle(handle))
+
+    # -- retention -----------------------------------------------------------------------------
+
+    def _request_retention(self) -> None:
+        self._retention_wanted += 1
+        self._retention_wake.set()
+
+    async def _retention_loop(self) -> None:
+        interval = self._config.retention_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._retention_wake.wait()
+            self._retention_wake.clear()
+            try:
+                await self.run_retention()
+            except Exception:
+                log.exception("blob.retention_failed")
+
+    async def run_retention(self) -> list[str]:
+        """Run one retention pass now; returns the handles whose bytes it deleted."""
+        async with self._retention_lock:
+            target = self._retention_wanted
+            now = self._clock()
+            try:
+                deleted = await self._db(
+                    maintenance.apply_retention, self.layout, self.catalog, now
+                )
+            finally:
+                async with self._retention_changed:
+                    self._retention_done = max(self._retention_done, target)
+                    self._retention_changed.notify_all()
+        if deleted:
+            self.retention_deleted += len(deleted)
+            log.info(
+                "blob.retention_deleted", extra={"handles": deleted[:10], "count": len(deleted)}
+            )
+        return deleted
+
+    async def retention_settled(self) -> None:
+        """Wait until a retention pass has run after everything recorded so far."""
+        target = self._retention_wanted
+        async with self._retention_changed:
+            await self._retention_changed.wait_for(lambda: self._retention_done >= target)
+
+
+def _open_unbuffered(path: Path) -> BinaryIO:
+    return open(path, "rb", buffering=0)  # the caller owns and closes it
+
+
+def _describe(row: BlobRow) -> dict[str, Any]:
+    assert row.latest_payload is not None
+    out: dict[str, Any] = json.loads(row.latest_payload)
+    out["local"] = row.state == "local"
+    out["peers"] = []
+    out["deleted"] = row.state == "deleted"
+    return out
+
+
+@contextlib.asynccontextmanager
+async def _closing(iterator: AsyncIterator[Any]) -> AsyncIterator[None]:
+    """Close an async generator when done (ports return plain async iterators)."""
+    try:
+        yield
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
