@@ -1,12 +1,12 @@
 """Composes the node's parts and runs them: identity, event log, blob store, HTTP APIs, swarm.
 
-``Node.start`` binds every listener (port 0 allowed) and writes ``<data-dir>/node.json`` with the bound
-addresses, so tooling and tests can find a node started on ephemeral ports. ``Node.stop`` undoes it.
+``Node.start`` binds every listener (port 0 allowed) and writes ``<data-dir>/node.json`` with the
+bound addresses, so tooling and tests can find a node started on ephemeral ports. ``Node.stop``
+undoes it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +23,7 @@ from swarmnode.config import Config, HostPort
 from swarmnode.events.log import EventLog
 from swarmnode.identity import load_or_create_identity, load_or_create_swarm_key
 from swarmnode.store.service import BlobService
+from swarmnode.swarm.transport import IdlePeerHandler, SwarmTransport
 
 __all__ = ["NODE_FILE", "Node", "NodeAddresses"]
 
@@ -39,9 +40,13 @@ class NodeAddresses:
 
 
 def _bound(site: web.TCPSite) -> HostPort:
-    server = site._server  # aiohttp keeps the asyncio server here; the only way to learn port 0's choice
-    assert isinstance(server, asyncio.base_events.Server)
-    host, port = server.sockets[0].getsockname()[:2]
+    server = (
+        site._server
+    )  # aiohttp keeps the asyncio server here; the only way to learn port 0's choice
+    # uvloop's Server is not an asyncio.base_events.Server, but it has the same ``sockets``.
+    sockets = getattr(server, "sockets", None)
+    assert sockets, "the site is not serving"
+    host, port = sockets[0].getsockname()[:2]
     return HostPort(host, port)
 
 
@@ -70,6 +75,9 @@ class Node:
         self.blobs = BlobService(self.data_dir / "blobs", self.events, config)
         self._runners: list[web.AppRunner] = []
         self.addresses: NodeAddresses | None = None
+        self.swarm = SwarmTransport(
+            swarm_key=self.swarm_key, identity=self.identity, handler=IdlePeerHandler()
+        )
 
     @property
     def node_id(self) -> str:
@@ -78,10 +86,14 @@ class Node:
     async def start(self) -> NodeAddresses:
         await self.events.start()
         await self.blobs.start()
-        events_site = await self._serve(make_events_app(self.events, self.config), self.config.events_api)
-        blobs_site = await self._serve(make_blobs_app(self.blobs, self.config), self.config.blobs_api)
-        # The swarm listener arrives with the swarm issue; until then the configured address is reported.
-        self.addresses = NodeAddresses(_bound(events_site), _bound(blobs_site), self.config.listen)
+        events_site = await self._serve(
+            make_events_app(self.events, self.config), self.config.events_api
+        )
+        blobs_site = await self._serve(
+            make_blobs_app(self.blobs, self.config), self.config.blobs_api
+        )
+        swarm = await self.swarm.listen(self.config.listen.host, self.config.listen.port)
+        self.addresses = NodeAddresses(_bound(events_site), _bound(blobs_site), swarm)
         self._write_node_file()
         log.info(
             "node.started",
@@ -97,7 +109,14 @@ class Node:
         return self.addresses
 
     async def _serve(self, app: web.Application, where: HostPort) -> web.TCPSite:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            # A client that hangs up cancels its handler, so a waiting subscription is freed.
+            handler_cancellation=True,
+        )
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, where.host, where.port, reuse_address=True)
@@ -120,6 +139,7 @@ class Node:
     async def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / NODE_FILE).unlink()
+        await self.swarm.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
