@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from protocol.messages_base import PROTOCOL_VERSION  # one version for preamble and Hello
 from protocol.noise import CipherName
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
 # The magic starts with a non-ASCII byte, so no text protocol (HTTP, SSH, SMTP) can be mistaken
 # for it, and holds CR LF and ^Z so line-ending or text-mode mangling shows at once (SPEC.md §2.1).
 MAGIC: Final = b"\x89SWN\r\n\x1a\n"
-PROTOCOL_VERSION: Final = 1
 MIN_PROTOCOL_VERSION: Final = 1
 # Cipher ids on the wire; ChaChaPoly is the baseline every node must offer (edge CPUs without AES).
 CIPHER_IDS: Final[dict[CipherName, int]] = {"ChaChaPoly": 1, "AESGCM": 2}

@@ -25,6 +25,7 @@ __all__ = [
     "EventRecord",
     "chain_hash",
     "head_signing_bytes",
+    "record_chain",
     "verify_head",
 ]
 
@@ -76,6 +77,20 @@ def chain_hash(
     """The chain value of an event, given the chain value of the event before it in its source."""
     body = _canonical(source, offset, lamport, timestamp, semantics, name, payload)
     return blake3.blake3(_EVENT_DOMAIN + previous + body).digest()
+
+
+def record_chain(previous: bytes, record: EventRecord) -> bytes:
+    """The chain value ``record`` must carry when the event before it has chain ``previous``."""
+    return chain_hash(
+        previous,
+        source=record.source,
+        offset=record.offset,
+        lamport=record.lamport,
+        timestamp=record.timestamp,
+        semantics=record.semantics,
+        name=record.name,
+        payload=record.payload,
+    )
 
 
 def head_signing_bytes(source: str, offset: int, chain: bytes) -> bytes:

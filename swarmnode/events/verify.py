@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from protocol.eventchain import GENESIS_CHAIN, EventRecord, chain_hash, verify_head
+from protocol.eventchain import GENESIS_CHAIN, EventRecord, record_chain, verify_head
 from protocol.ids import node_id_from_public_key
 
 __all__ = ["EMPTY_HEAD", "SourceHead", "Verdict", "verify_batch"]
@@ -100,16 +100,7 @@ def verify_batch(public_key: bytes, head: SourceHead, records: Sequence[EventRec
         if r.lamport <= previous_lamport:
             problem = f"lamport does not rise at offset {r.offset}"
             break
-        chain = chain_hash(
-            previous_chain,
-            source=r.source,
-            offset=r.offset,
-            lamport=r.lamport,
-            timestamp=r.timestamp,
-            semantics=r.semantics,
-            name=r.name,
-            payload=r.payload,
-        )
+        chain = record_chain(previous_chain, r)
         if chain != r.chain:
             problem = f"chain mismatch at offset {r.offset}"
             break

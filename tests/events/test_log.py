@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.eventchain import GENESIS_CHAIN, EventRecord, chain_hash, verify_head
+from protocol.eventchain import GENESIS_CHAIN, EventRecord, record_chain, verify_head
 from swarmnode.events.log import EventLog, LogClosedError
 from swarmnode.events.writer import SIGN_EVERY
 from swarmnode.ports import NewEvent, Subscription
@@ -35,16 +35,7 @@ def _check_chain(records: list[EventRecord], public_key: bytes) -> None:
     previous = GENESIS_CHAIN
     for expected_offset, r in enumerate(records):
         assert r.offset == expected_offset
-        previous = chain_hash(
-            previous,
-            source=r.source,
-            offset=r.offset,
-            lamport=r.lamport,
-            timestamp=r.timestamp,
-            semantics=r.semantics,
-            name=r.name,
-            payload=r.payload,
-        )
+        previous = record_chain(previous, r)
         assert r.chain == previous
         if r.signature is not None:
             assert verify_head(public_key, r.source, r.offset, r.chain, r.signature)
