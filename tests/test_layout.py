@@ -32,3 +32,41 @@ def test_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import asyncio\nfrom swarmnode.node import Node\n")
     assert _imported_roots(bad) & FORBIDDEN_IN_PROTOCOL == {"asyncio", "swarmnode"}
+
+
+# Pure swarm machines (STYLE.md §2, §9): fed (time, message), so netsim can run them on virtual
+# time. They may name ``random.Random`` (an injected rng) but call no module-level random function.
+PURE_SWARM_MODULES = [
+    "effects.py",
+    "membership.py",
+    "membership_types.py",
+    "views.py",
+    "plumtree.py",
+    "antientropy.py",
+]
+FORBIDDEN_IN_PURE_SWARM = {"asyncio", "socket", "selectors", "time", "sqlite3", "logging"}
+
+
+def _module_random_uses(path: Path) -> set[str]:
+    return {
+        node.attr
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "random"
+        and node.attr != "Random"
+    }
+
+
+@pytest.mark.parametrize("name", PURE_SWARM_MODULES)
+def test_pure_swarm_module_is_sans_io(name: str) -> None:
+    path = ROOT / "swarmnode" / "swarm" / name
+    assert not (_imported_roots(path) & FORBIDDEN_IN_PURE_SWARM)
+    assert _module_random_uses(path) == set()
+
+
+def test_checker_sees_a_module_random_call(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import random\nimport time\nx = random.random(); r = random.Random(1)\n")
+    assert _module_random_uses(bad) == {"random"}
+    assert _imported_roots(bad) & FORBIDDEN_IN_PURE_SWARM == {"time"}
