@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +11,10 @@ import blake3
 import pytest
 
 from tests.compat.conftest import run_js
+from tests.helpers.blobfiles import PIECE, write_random_file
 from tests.helpers.node_proc import NodeProcess
 
 pytestmark = pytest.mark.compat
-
-_PIECE = 1 << 20
-
-
-def _write_random_file(path: Path, size: int) -> str:
-    """Write ``size`` random bytes in 1 MiB pieces; returns the expected handle."""
-    hasher = blake3.blake3()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            piece = os.urandom(min(_PIECE, left))
-            hasher.update(piece)
-            out.write(piece)
-            left -= len(piece)
-    return "blake3:" + hasher.hexdigest()
 
 
 def _handle_of(path: Path) -> str:
@@ -52,7 +37,7 @@ async def _metadata(node: NodeProcess, handle: str) -> dict[str, Any]:
     ("style", "filename", "content_type", "size"),
     [
         # fs.createReadStream: form-data takes filename and type from the path (.jpg → image/jpeg).
-        ("stream", "photo.jpg", "image/jpeg", 5 * _PIECE + 12345),
+        ("stream", "photo.jpg", "image/jpeg", 5 * PIECE + 12345),
         # {value, options: {filename, contentType}}
         ("value", "notes.txt", "text/plain", 777),
     ],
@@ -67,7 +52,7 @@ async def test_request_multipart_upload_then_get(
     size: int,
 ) -> None:
     path = tmp_path / filename
-    expected = _write_random_file(path, size)
+    expected = write_random_file(path, size)
     out_path = tmp_path / ("copy-" + filename)
     retention = {"policy": "keepForever"}
     config = {

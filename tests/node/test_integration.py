@@ -17,25 +17,12 @@ import aiohttp
 import blake3
 import pytest
 
+from tests.helpers.blobfiles import PIECE, write_random_file
 from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish, http_query
 
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"
 METADATA_NAME = "ActyxOS-BlobService-Metadata"
-_PIECE = 1 << 20
 _WAIT_S = 20.0
-
-
-def write_random_file(path: Path, size: int) -> str:
-    """Write ``size`` random bytes in 1 MiB pieces (never whole in memory); returns the handle."""
-    hasher = blake3.blake3()
-    with path.open("wb") as out:
-        left = size
-        while left:
-            piece = os.urandom(min(_PIECE, left))
-            hasher.update(piece)
-            out.write(piece)
-            left -= len(piece)
-    return "blake3:" + hasher.hexdigest()
 
 
 async def curl(*args: str) -> tuple[int, str]:
@@ -75,7 +62,7 @@ async def test_readme_tour_with_curl(
     node: NodeProcess, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     photo = tmp_path / "photo.jpg"
-    size = 3 * _PIECE + 4321  # over 1 MiB: curl sends Expect: 100-continue
+    size = 3 * PIECE + 4321  # over 1 MiB: curl sends Expect: 100-continue
     expected = write_random_file(photo, size)
     metadata = {"semantics": "com.example.photos", "retentionPolicy": {"policy": "keepForever"}}
 
