@@ -1,4 +1,5 @@
-"""The CLI: ``python -m swarmnode [options]``, ``python -m swarmnode keygen``.
+"""The CLI: ``python -m swarmnode [options]``, ``python -m swarmnode keygen``,
+``python -m swarmnode status [--events-api HOST:PORT]``.
 
 The flags are a contract other tooling depends on: keep them stable.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -44,7 +46,38 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("keygen", help="print a new 64-hex-digit swarm key")
+    status = sub.add_parser("status", help="print a running node's swarm status")
+    status.add_argument(
+        "--events-api",
+        dest="status_events_api",
+        default=None,
+        help="the node's events API (default: from <data-dir>/node.json, else 127.0.0.1:4454)",
+    )
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Fetch ``GET /api/v1/node/status`` and print it readably (exit 1 if unreachable)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from swarmnode.api.status import STATUS_PATH, render_status
+
+    where = args.status_events_api
+    if where is None:
+        with contextlib.suppress(OSError, ValueError):
+            where = json.loads((args.data_dir / "node.json").read_text())["eventsApi"]
+    where = parse_host_port(where or args.events_api)
+    url = f"http://{where}{STATUS_PATH}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            status = json.load(resp)
+    except (OSError, ValueError) as exc:
+        print(f"swarmnode status: cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    print(render_status(status))
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -92,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keygen":
         print(generate_swarm_key())
         return 0
+    if args.command == "status":
+        return _status(args)
     try:
         config = config_from_args(args)
     except (ValueError, SwarmKeyError) as exc:

@@ -19,11 +19,13 @@ from aiohttp import web
 
 from swarmnode.api.blobs_app import make_blobs_app
 from swarmnode.api.events_app import make_events_app
+from swarmnode.api.status import add_status_route
 from swarmnode.config import Config, HostPort
 from swarmnode.events.log import EventLog
 from swarmnode.identity import load_or_create_identity, load_or_create_swarm_key
 from swarmnode.store.service import BlobService
-from swarmnode.swarm.transport import IdlePeerHandler, SwarmTransport
+from swarmnode.swarm.driver import SwarmDriver, config_from_env
+from swarmnode.swarm.transport import SwarmTransport
 
 __all__ = ["NODE_FILE", "Node", "NodeAddresses"]
 
@@ -75,9 +77,13 @@ class Node:
         self.blobs = BlobService(self.data_dir / "blobs", self.events, config)
         self._runners: list[web.AppRunner] = []
         self.addresses: NodeAddresses | None = None
-        self.swarm = SwarmTransport(
-            swarm_key=self.swarm_key, identity=self.identity, handler=IdlePeerHandler()
+        self.driver = SwarmDriver(
+            swarm_key=self.swarm_key,
+            identity=self.identity,
+            event_log=self.events,
+            config=config_from_env(os.environ),
         )
+        self.swarm: SwarmTransport = self.driver.transport
 
     @property
     def node_id(self) -> str:
@@ -86,13 +92,14 @@ class Node:
     async def start(self) -> NodeAddresses:
         await self.events.start()
         await self.blobs.start()
-        events_site = await self._serve(
-            make_events_app(self.events, self.config), self.config.events_api
-        )
+        events_app = make_events_app(self.events, self.config)
+        add_status_route(events_app, self.driver)
+        events_site = await self._serve(events_app, self.config.events_api)
         blobs_site = await self._serve(
             make_blobs_app(self.blobs, self.config), self.config.blobs_api
         )
         swarm = await self.swarm.listen(self.config.listen.host, self.config.listen.port)
+        await self.driver.start(swarm, self.config.peers)
         self.addresses = NodeAddresses(_bound(events_site), _bound(blobs_site), swarm)
         self._write_node_file()
         log.info(
@@ -139,6 +146,7 @@ class Node:
     async def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / NODE_FILE).unlink()
+        await self.driver.stop()
         await self.swarm.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
