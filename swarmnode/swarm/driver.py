@@ -18,9 +18,14 @@ What stays here, being about connections rather than protocol state:
   silently when its current connection closes.
 - Penalties: undecodable frames, a bad Hello, or ``PeerMisbehaved`` from dissemination close that
   peer's connections with the code, log a WARNING, and refuse the peer (dials and accepts) for a
-  backoff that doubles per offence.
-- Disk reads: a ``RequestRange``/``Graft`` for a span the ``LogStore`` holds only on disk is
-  parked per peer (in order) until ``LogStore.prefetch`` returns, then handed to the machine.
+  backoff that doubles per offence; an entry quiet for ``penalty_forget_s`` is forgotten.
+- Write back-pressure: sends go through a per-connection ``Outbox`` (``outbox.py``) whose task
+  awaits the transport's ``drain()``; a peer whose outbox would pass its cap is closed as a slow
+  consumer.
+- Serving requests that must wait (``serving.py``): a ``RequestRange``/``Graft`` for a span the
+  ``LogStore`` holds only on disk, or from a peer whose outbox is congested, is parked per peer
+  (in order, capped) until ``LogStore.prefetch`` returns and the outbox drains, then handed to
+  the machine: a slow reader gets no more replication than it reads.
 
 Settings (and the ``SWARMNODE_PROBE_PERIOD`` override) live in ``driver_config.py``.
 """
@@ -29,12 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import ipaddress
 import logging
 import random
-import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,6 +63,7 @@ from swarmnode.events.log import EventLog
 from swarmnode.identity import Identity
 from swarmnode.ports import Subscription
 from swarmnode.swarm.driver_config import PROBE_PERIOD_ENV, DriverConfig, config_from_env
+from swarmnode.swarm.driver_status import fmt_address, reachable, snapshot
 from swarmnode.swarm.effects import Effects
 from swarmnode.swarm.logstore import LogStore
 from swarmnode.swarm.membership import (
@@ -70,7 +73,10 @@ from swarmnode.swarm.membership import (
     PeerLeft,
     PeerSuspect,
 )
+from swarmnode.swarm.outbox import Outbox, Outboxes
+from swarmnode.swarm.penalties import Penalties
 from swarmnode.swarm.plumtree import Dissemination, PeerMisbehaved
+from swarmnode.swarm.serving import ServeQueue
 from swarmnode.swarm.transport import PeerConnection, SwarmTransport
 from swarmnode.swarm.views import ActivePeerAdded, ActivePeerRemoved
 
@@ -88,16 +94,6 @@ REPLICATION_MESSAGES: Final = (EventBatch, EventIds, Graft, Prune, OffsetMap, Re
 """Message types for the dissemination machine (SPEC §7.4); the rest go to membership."""
 
 AGENT: Final = "swarmnode/0.1.0"
-
-
-def _spans(msg: object) -> list[tuple[str, int, int]]:
-    """The ``(source, first, last)`` spans a serving request makes the machine read."""
-    match msg:
-        case RequestRange(source=source, first=first, last=last):
-            return [(source, first, last)]
-        case Graft(ranges=ranges):
-            return [(r.source, r.first, r.last) for r in ranges]
-    return []
 
 
 @dataclass(slots=True)
@@ -140,8 +136,12 @@ class SwarmDriver:
         self._links: dict[PeerConnection, _Link] = {}
         self._peers: dict[str, list[PeerConnection]] = {}
         self._dialing: set[object] = set()
-        self._penalties: dict[str, tuple[float, float]] = {}  # peer → (until, next backoff)
-        self._parked: dict[str, deque[Message]] = {}
+        self._penalties = Penalties(
+            initial_s=self.config.penalty_initial_s,
+            max_s=self.config.penalty_max_s,
+            forget_s=self.config.penalty_forget_s,
+        )
+        self._outboxes = Outboxes(self._new_outbox, self._spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._local: list[EventRecord] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -151,6 +151,16 @@ class SwarmDriver:
         self.generation = 0
         """Rises whenever the driver acted (a pump, a dial outcome, a disconnect)."""
         self.counters: dict[str, int] = defaultdict(int)
+        self._serving = ServeQueue(
+            store=self.store,
+            max_parked=self.config.max_parked_requests,
+            max_serve_events=self.config.dissemination.max_serve_events,
+            outbox_of=self._outbox_of,
+            deliver=self._serve_parked,
+            spawn=self._spawn,
+            counters=self.counters,
+            touch=self._touch,
+        )
         self._routes: tuple[tuple[tuple[type, ...], Callable[[PeerConnection, Any], None]], ...] = (
             ((Hello,), self._on_second_hello),
             ((Error,), self._on_error),
@@ -167,8 +177,9 @@ class SwarmDriver:
     async def start(self, listen: HostPort, seeds: Sequence[HostPort] = ()) -> None:
         """Start the machines on ``listen`` (the bound swarm address) and dial ``seeds``."""
         await self.store.load()
+        announced = self.config.advertise or listen
         me = PeerInfo(
-            node_id=self.node_id, addresses=(Address(host=listen.host, port=listen.port),)
+            node_id=self.node_id, addresses=(Address(host=announced.host, port=announced.port),)
         )
         self._hello = [
             encode(
@@ -213,10 +224,11 @@ class SwarmDriver:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def membership(self) -> Membership:
@@ -285,6 +297,7 @@ class SwarmDriver:
         self._pump()
 
     def peer_disconnected(self, conn: PeerConnection, code: ErrorCode | int | None) -> None:
+        self._outboxes.drop(conn)
         link = self._links.pop(conn, None)
         if link is None:
             return
@@ -324,7 +337,7 @@ class SwarmDriver:
         if link.timer is not None:
             link.timer.cancel()
             link.timer = None
-        info = PeerInfo(node_id=peer, addresses=_reachable(msg.listen, conn.remote))
+        info = PeerInfo(node_id=peer, addresses=reachable(msg.listen, conn.remote))
         conns = self._peers.setdefault(peer, [])
         conns.append(conn)
         conns.sort(key=self._rank)
@@ -368,34 +381,14 @@ class SwarmDriver:
 
     def _to_dissemination(self, conn: PeerConnection, msg: Message) -> None:
         peer = conn.peer_node_id
-        parked = self._parked.get(peer)
-        if parked is not None:
-            parked.append(msg)  # keep this peer's serving requests in order behind a disk read
-            return
-        if any(self.store.needs_read(s, first - 1) for s, first, _ in _spans(msg)):
-            self._parked[peer] = deque([msg])
-            self._spawn(self._serve_parked(peer))
-            return
-        self.dissemination.handle_message(self.loop.time(), peer, msg)
+        if not self._serving.admit(peer, msg):
+            self.dissemination.handle_message(self.loop.time(), peer, msg)
 
-    async def _serve_parked(self, peer: str) -> None:
-        """Read parked requests' spans from disk, then hand them to the machine, in order."""
-        parked = self._parked[peer]
-        limit_cap = self.config.dissemination.max_serve_events
-        try:
-            while parked and self._running:
-                msg = parked[0]
-                for source, first, last in _spans(msg):
-                    if self.store.needs_read(source, first - 1):
-                        limit = min(last - first + 1, limit_cap)
-                        self.counters["disk_reads"] += 1
-                        await self.store.prefetch(source, first - 1, limit)
-                parked.popleft()
-                if self._running:
-                    self.dissemination.handle_message(self.loop.time(), peer, msg)
-                    self._pump()
-        finally:
-            self._parked.pop(peer, None)
+    def _serve_parked(self, peer: str, msg: Message) -> None:
+        """A parked serving request whose wait is over (``serving.py``)."""
+        if self._running:
+            self.dissemination.handle_message(self.loop.time(), peer, msg)
+            self._pump()
 
     # ---- local events ------------------------------------------------------------------------
 
@@ -468,12 +461,42 @@ class SwarmDriver:
         if not conns:
             self.counters["unconnected_sends"] += len(bodies)
             return
-        try:
-            conns[0].send_frames(bodies)
-        except ConnectionError:
+        conn = conns[0]
+        if conn.closed:
             self.counters["failed_sends"] += len(bodies)
             return
+        if not self._outboxes.put(conn, bodies):
+            self.counters["slow_consumers"] += 1
+            log.warning(
+                "peer.slow_consumer",
+                extra={"node_id": peer, "cap": self.config.outbox_max_bytes},
+            )
+            conn.close(ErrorCode.RESOURCE_LIMIT)
+            return
         self.counters["frames_out"] += len(bodies)
+
+    def _outbox_of(self, peer: str) -> Outbox | None:
+        """The send queue of the connection that carries our sends to ``peer``, if any."""
+        conns = self._peers.get(peer)
+        return self._outboxes.get(conns[0]) if conns else None
+
+    def _new_outbox(self, conn: PeerConnection) -> Outbox:
+        config = self.config
+        return Outbox(
+            conn,
+            pause_bytes=config.serve_pause_bytes,
+            resume_bytes=config.serve_resume_bytes,
+            max_bytes=config.outbox_max_bytes,
+            on_change=self._touch,
+        )
+
+    def parked_requests(self) -> dict[str, int]:
+        """Serving requests held back per peer (congested outbox or disk read)."""
+        return self._serving.backlog()
+
+    def outbox_bytes(self) -> dict[str, int]:
+        """Bytes queued per peer, not yet handed to the transport (status, tests)."""
+        return self._outboxes.bytes_by_peer()
 
     def _on_notice(self, notice: object) -> None:
         match notice:
@@ -503,6 +526,7 @@ class SwarmDriver:
         if not self._running:
             return
         now = max(self.loop.time(), deadline or 0.0)  # call_at may fire a hair early
+        self.expire_penalties(now)
         self.membership.handle_timer(now)
         self.dissemination.handle_timer(now)
         self._pump()
@@ -533,7 +557,8 @@ class SwarmDriver:
                     conn = await self.transport.connect(address.host, address.port)
                 except (OSError, TimeoutError) as exc:
                     log.debug(
-                        "peer.dial_failed", extra={"address": _fmt(address), "error": str(exc)}
+                        "peer.dial_failed",
+                        extra={"address": fmt_address(address), "error": str(exc)},
                     )
                     continue
                 link = self._links.get(conn)
@@ -556,16 +581,19 @@ class SwarmDriver:
     # ---- penalties ---------------------------------------------------------------------------
 
     def _penalised(self, peer: str) -> bool:
-        entry = self._penalties.get(peer)
-        return entry is not None and self.loop.time() < entry[0]
+        return self._penalties.refused(peer, self.loop.time())
+
+    def expire_penalties(self, now: float) -> None:
+        """Forget peers whose refusal ended ``penalty_forget_s`` before ``now``."""
+        self._penalties.expire(now)
+
+    def penalised_peers(self) -> list[str]:
+        """Peers with a penalty entry (refused now, or remembered for the backoff)."""
+        return self._penalties.peers()
 
     def _penalise(self, peer: str, code: ErrorCode | int, reason: str) -> None:
         """Close every connection to ``peer`` with ``code`` and refuse it for a while."""
-        _, backoff = self._penalties.get(peer, (0.0, self.config.penalty_initial_s))
-        self._penalties[peer] = (
-            self.loop.time() + backoff,
-            min(backoff * 2, self.config.penalty_max_s),
-        )
+        backoff = self._penalties.add(peer, self.loop.time())
         self.counters["penalties"] += 1
         log.warning(
             "peer.misbehaved",
@@ -576,59 +604,10 @@ class SwarmDriver:
 
     # ---- status ------------------------------------------------------------------------------
 
+    @property
+    def started(self) -> bool:
+        return self._membership is not None and self._dissemination is not None
+
     def status(self) -> dict[str, Any]:
-        """A JSON-ready snapshot for ``GET /api/v1/node/status``."""
-        if self._membership is None or self._dissemination is None:
-            return {"nodeId": self.node_id, "generation": self.generation, "peers": []}
-        now, wall = self.loop.time(), time.time()
-        dstats = self.dissemination.statistics()
-        peers = [
-            {
-                "nodeId": m.node_id,
-                "state": m.state.name.lower(),
-                "view": m.view or None,
-                "connected": m.node_id in self._peers,
-                "incarnation": m.incarnation,
-                "addresses": [_fmt(a) for a in m.addresses],
-                "lastSeen": None if m.last_seen is None else wall - (now - m.last_seen),
-                "lag": dstats.lag.get(m.node_id),
-            }
-            for m in sorted(self.membership.members(), key=lambda m: m.node_id)
-        ]
-        counters = dict(self.counters)
-        counters.update(
-            commits_pending=self.store.pending_commits,
-            events_committed=self.store.committed,
-            commit_failures=self.store.commit_failures,
-        )
-        return {
-            "nodeId": self.node_id,
-            "generation": self.generation,
-            "swarm": None if self.transport.address is None else str(self.transport.address),
-            "peers": peers,
-            "offsets": self.store.offsets(),
-            "lag": dict(dstats.lag),
-            "membership": self.membership.statistics(),
-            "dissemination": {k: v for k, v in dataclasses.asdict(dstats).items() if k != "lag"},
-            "counters": counters,
-        }
-
-
-def _fmt(address: Address) -> str:
-    return str(HostPort(address.host, address.port))
-
-
-def _reachable(listen: tuple[Address, ...], remote: HostPort) -> tuple[Address, ...]:
-    """The peer's listen addresses, an unspecified host (``0.0.0.0``, ``::``) replaced by the
-    host we reached it from (SPEC §7.1.1: prefer the address actually used)."""
-    out = []
-    for address in listen:
-        try:
-            unspecified = ipaddress.ip_address(address.host).is_unspecified
-        except ValueError:
-            unspecified = False
-        if unspecified and remote.port:
-            out.append(Address(host=remote.host, port=address.port))
-        else:
-            out.append(address)
-    return tuple(dict.fromkeys(out))
+        """A JSON-ready snapshot for ``GET /api/v1/node/status`` (``driver_status.py``)."""
+        return snapshot(self)

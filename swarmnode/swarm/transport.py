@@ -144,6 +144,11 @@ class PeerConnection:
         """Wait while the write queue is over the high-water mark (back-pressure)."""
         await self._protocol.drain()
 
+    @property
+    def writable(self) -> bool:
+        """False while the write queue is over the high-water mark (``drain()`` would wait)."""
+        return not self._protocol._paused
+
     def close(self, code: ErrorCode | int = ErrorCode.NO_ERROR) -> None:
         """Send a close notice with ``code``, flush, and close."""
         self._protocol.close(code)
@@ -272,6 +277,7 @@ class _ChannelProtocol(asyncio.BufferedProtocol):
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("connection lost"))
+            waiter.exception()  # retrieved: a drain() cancelled under its shield never will be
         if not self.closed.done():
             self.closed.set_result(None)
 

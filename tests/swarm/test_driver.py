@@ -12,21 +12,31 @@ import json
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from protocol.codec import encode
+from protocol.codec import decode, encode
 from protocol.errors import ErrorCode
 from protocol.eventchain import EventRecord
-from protocol.messages import PROTOCOL_VERSION, Address, EventBatch, Hello, MemberState
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Address,
+    EventBatch,
+    Hello,
+    MemberState,
+    RequestRange,
+)
 from swarmnode.config import HostPort
 from swarmnode.events.log import EventLog
 from swarmnode.ports import NewEvent, Subscription
 from swarmnode.swarm.driver import DriverConfig, SwarmDriver
 from swarmnode.swarm.logstore import LogStore
 from swarmnode.swarm.membership import MembershipConfig
-from swarmnode.swarm.transport import PeerConnection, SwarmTransport
+from swarmnode.swarm.outbox import Outbox
+from swarmnode.swarm.transport import PeerConnection, SwarmTransport, TransportConfig
 from tests.helpers.events_chain import RemoteSource, identity_from_seed
+from tests.helpers.tcp_proxy import TcpProxy
 
 SWARM_KEY = hashlib.blake2s(b"driver test swarm").digest()
 OTHER_KEY = hashlib.blake2s(b"another swarm").digest()
@@ -378,3 +388,203 @@ async def test_log_store_reads_old_spans_through_prefetch(tmp_path: Path) -> Non
         result = store.ingest([(b"k" * 32, published)])
         assert result.stored == []
         assert result.forged is False
+
+
+# ---- write back-pressure (outbox.py) and penalty expiry ---------------------------------------
+
+
+class _Blocked:
+    """Stands in for a ``PeerConnection`` whose peer reads nothing until ``release()``."""
+
+    peer_node_id = "slow"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self._open = asyncio.Event()
+
+    async def drain(self) -> None:
+        await self._open.wait()
+
+    def send_frames(self, bodies: Sequence[bytes]) -> None:
+        self.sent.extend(bodies)
+
+    def release(self) -> None:
+        self._open.set()
+
+    @property
+    def writable(self) -> bool:
+        return self._open.is_set()
+
+
+async def test_outbox_is_capped_congests_with_hysteresis_and_drains_in_order() -> None:
+    conn = _Blocked()
+    outbox = Outbox(
+        cast(PeerConnection, conn), pause_bytes=3000, resume_bytes=1000, max_bytes=10_000
+    )
+    task = asyncio.get_running_loop().create_task(outbox.run())
+    try:
+        frames = [bytes([i]) * 1000 for i in range(12)]
+        accepted = [outbox.put([f]) for f in frames]
+        assert accepted == [True] * 10 + [False] * 2  # the cap refuses, queues nothing
+        assert outbox.queued_bytes == outbox.peak_bytes == 10_000
+        assert outbox.congested
+        async with asyncio.timeout(DEADLINE):
+            await asyncio.sleep(0)  # let the writer reach drain(): it must hold everything
+            assert conn.sent == []
+            conn.release()
+            await outbox.wait_uncongested()  # 10 kB is one piece: all of it went at once
+        assert conn.sent == frames[:10]
+        assert outbox.frames_sent == 10
+        assert outbox.queued_bytes == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    with pytest.raises(ValueError, match="resume_bytes"):
+        Outbox(cast(PeerConnection, conn), pause_bytes=10, resume_bytes=20, max_bytes=30)
+
+
+class _Counting(_Silent):
+    """A hand-driven peer that counts the events of one source it is sent."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__()
+        self.source = source
+        self.events = 0
+        self.changed = asyncio.Event()
+
+    def frame_received(self, conn: PeerConnection, body: bytes | bytearray) -> None:
+        del conn
+        msg = decode(body)
+        if isinstance(msg, EventBatch):
+            self.events += sum(1 for e in msg.events if e.source == self.source)
+            self.changed.set()
+
+
+# Slow membership (nobody probes the hand-driven peer away) and small buffers, so a few MiB of
+# answers overflow every limit.
+SLOW_READER = dataclasses.replace(
+    FAST,
+    membership=MembershipConfig(
+        protocol_period=30.0, ack_timeout=15.0, indirect_timeout=30.0, idle_timeout=600.0
+    ),
+    transport=TransportConfig(write_high_water=64 << 10, write_low_water=16 << 10),
+    serve_pause_bytes=256 << 10,
+    serve_resume_bytes=64 << 10,
+    outbox_max_bytes=16 << 20,
+)
+
+
+@pytest.mark.parametrize("max_parked", [32, 2])
+async def test_a_peer_that_stops_reading_gets_bounded_replication_then_all_of_it(
+    tmp_path: Path, max_parked: int
+) -> None:
+    # With room for every request all are answered in the end; with 2 the rest are shed (the
+    # requester re-asks on its timeout), and exactly the ones kept are answered.
+    events, requests, payload = 2000, 12, "x" * 1000
+    config = dataclasses.replace(SLOW_READER, max_parked_requests=max_parked)
+    async with running(tmp_path, 1, config=config) as a:
+        for _ in range(0, events, 500):
+            batch = [NewEvent(semantics="t", name="n", payload=json.dumps(payload))] * 500
+            await a.event_log.publish(batch)
+        answer_bytes = events * (len(payload) + 200)  # an answer's frames, generously
+        assert requests * answer_bytes > 10 * (SLOW_READER.serve_pause_bytes + answer_bytes)
+        handler = _Counting(a.node_id)
+        identity = identity_from_seed(9)
+        transport = SwarmTransport(swarm_key=SWARM_KEY, identity=identity, handler=handler)
+        async with TcpProxy((addr(a).host, addr(a).port)) as proxy:
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    host, _, port = proxy.address.rpartition(":")
+                    conn = await transport.connect(host, int(port))
+                    proxy.cut("blackhole", direction="to_client")  # the peer reads nothing
+                    hello = Hello(
+                        version=PROTOCOL_VERSION, node_id=identity.node_id, features=(), listen=()
+                    )
+                    ask = RequestRange(source=a.node_id, first=0, last=events - 1)
+                    conn.send_frames([encode(hello)] + [encode(ask)] * requests)
+                    peer = identity.node_id
+
+                    def stalled() -> bool:
+                        # Kernel buffers full: the queue stays congested, requests wait.
+                        outbox = a._outbox_of(peer)
+                        return (
+                            outbox is not None
+                            and outbox.congested
+                            and a.parked_requests().get(peer, 0) > 0
+                            and a.counters["serves_deferred"] >= 1
+                        )
+
+                    await a.wait_for(stalled)
+                    await a.wait_for(lambda: a.counters["frames_in"] >= 1 + requests)
+                    assert a.counters["serves_deferred"] >= 1
+                    assert a.parked_requests()[peer] <= max_parked
+                    queued = a.outbox_bytes()[peer]
+                    outbox = a._outbox_of(peer)
+                    assert outbox is not None
+                    # Bounded: the pause threshold plus the answer that crossed it, far below
+                    # the dozen answers asked for; the peer was not dropped.
+                    limit = SLOW_READER.serve_pause_bytes + answer_bytes
+                    assert queued <= outbox.peak_bytes <= limit
+                    assert a.counters["slow_consumers"] == 0
+                    assert identity.node_id in a.connected_peers()
+
+                    shed = a.counters["requests_shed"]
+                    assert (shed == 0) == (max_parked >= requests)
+                    proxy.heal()  # it reads again: every kept request is answered
+                    while handler.events < (requests - shed) * events:
+                        handler.changed.clear()
+                        await handler.changed.wait()
+                    # Nothing is left to send: the outbox drained and no request is parked.
+                    await a.wait_for(lambda: not a.parked_requests() and not outbox.queued_bytes)
+                assert handler.events == (requests - shed) * events
+                assert a.counters["requests_shed"] == shed
+                assert outbox.peak_bytes <= limit
+            finally:
+                await transport.close()
+
+
+async def test_a_peer_that_never_drains_past_the_cap_is_closed(tmp_path: Path) -> None:
+    config = dataclasses.replace(SLOW_READER, outbox_max_bytes=1 << 20)
+    async with running(tmp_path, 1, config=config) as a:
+        handler = _Silent()
+        identity = identity_from_seed(9)
+        transport = SwarmTransport(swarm_key=SWARM_KEY, identity=identity, handler=handler)
+        async with TcpProxy((addr(a).host, addr(a).port)) as proxy:
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    host, _, port = proxy.address.rpartition(":")
+                    conn = await transport.connect(host, int(port))
+                    hello = Hello(
+                        version=PROTOCOL_VERSION, node_id=identity.node_id, features=(), listen=()
+                    )
+                    conn.send_frame(encode(hello))
+                    await a.wait_for(lambda: identity.node_id in a.connected_peers())
+                    proxy.cut("blackhole")
+                    peak = 0
+                    # Sends the driver must make (not answers it may defer) pile up to the cap.
+                    while a.counters["slow_consumers"] == 0:
+                        a._send(identity.node_id, [b"\x00" * (64 << 10)] * 4)
+                        peak = max(peak, a.outbox_bytes().get(identity.node_id, 0))
+                        await asyncio.sleep(0)
+                    proxy.heal()
+                    assert await handler.closed.get() == ErrorCode.RESOURCE_LIMIT
+                assert peak <= config.outbox_max_bytes
+                assert identity.node_id not in a.connected_peers()
+            finally:
+                await transport.close()
+
+
+async def test_penalties_expire_after_the_quiet_period(tmp_path: Path) -> None:
+    config = dataclasses.replace(FAST, penalty_initial_s=10.0, penalty_forget_s=30.0)
+    async with running(tmp_path, 1, config=config) as a:
+        async with asyncio.timeout(DEADLINE):
+            transport, _, code = await _rogue(a, 9, lambda _: [b"\xc1"])
+            await transport.close()
+        assert code == ErrorCode.MALFORMED_MESSAGE
+        rogue = identity_from_seed(9).node_id
+        now = asyncio.get_running_loop().time()
+        a.expire_penalties(now + 10.0 + 29.0)  # refusal over, but not yet forgotten
+        assert a.penalised_peers() == [rogue]
+        a.expire_penalties(now + 10.0 + 31.0)
+        assert a.penalised_peers() == []
