@@ -228,9 +228,16 @@ class Graft:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Prune:
-    """Plumtree PRUNE: the sender got a duplicate over this edge; the receiver makes it lazy."""
+    """Plumtree PRUNE: the sender got a duplicate over this edge; the receiver makes it lazy for
+    ``sources`` (each source has its own tree, SPEC §7.4.6), or for every source when empty."""
 
     TAG: ClassVar[int] = 44
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for source in check_tuple("sources", self.sources, MAX_ID_RANGES):
+            check_node_id("sources", source)
+        _check_sorted_sources("sources", list(self.sources))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,19 +12,30 @@ Rules (Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007; messa
 ``(source, offset)``, and a node holds a gapless prefix per source, so "received" means
 ``offset <= head(source)``):
 
-- A new neighbour's edge is EAGER. New events go as ``EventBatch`` (hops + 1) to every eager
-  neighbour but the one they came from, and as ``EventIds`` (batched for ``lazy_delay``) to every
-  lazy one: store and forward, so C gets A's events through B.
-- An eager batch (``hops`` set) that brings nothing new is a duplicate: answer ``Prune`` and make
-  the edge LAZY. A ``Prune`` received makes the edge LAZY. Batches with ``hops = None`` answer
-  requests and never prune (SPEC §7.4.3).
+- Edges are per source (SPEC §7.4.6): every source's events travel on their own tree, so each
+  tree can be a shortest-path tree from its origin; one tree shared by all sources cannot be
+  shallow for all of them (a degree-8 tree of 1,000 nodes has pairs 7+ hops apart). A new
+  source rides the default tree, which the duplicates of new sources' first push round prune to
+  a spanning tree (so a new source's first events flood nothing); its first graft or a prune
+  after its first round gives it its own tree, a copy of the default that no other source's
+  moves change (``_set_edge``). Memory: one edge per (source, active peer), as the offset map.
+- A new neighbour's edge is EAGER. New events go as ``EventBatch`` (hops + 1) to every neighbour
+  eager for their source but the one they came from, and as ``EventIds`` (batched for
+  ``lazy_delay``) to every lazy one: store and forward, so C gets A's events through B.
+- The sources of an eager batch (``hops`` set) that bring nothing new are duplicates: answer
+  ``Prune(sources)`` and make the edge LAZY for them. A ``Prune`` received makes the edge LAZY for
+  its sources (all when empty). Batches with ``hops = None`` answer requests and never prune
+  (SPEC §7.4.3).
 - ``EventIds`` for events not held start a ``graft_timeout`` timer per source; when it fires and
   the events are still missing and not being fetched, send ``Graft`` to one announcer (edge
-  EAGER) for the first span, pull the rest, and try the next announcer after ``graft_retry``. A
-  ``Graft`` received makes the edge EAGER and is answered like a ``RequestRange``.
+  EAGER for that source) for the first span, pull the rest, and try the next announcer after
+  ``graft_retry``. A ``Graft`` received makes the edge EAGER for its ranges' sources (all when
+  empty) and is answered like a ``RequestRange``.
 - Hop-count optimisation: an ``EventIds`` for events we got eagerly ``hop_threshold`` or more
-  hops later than the announcer's count swaps the edges: ``Graft`` (no ids) to the announcer,
-  ``Prune`` to the eager sender, so the tree stays shallow as the view changes.
+  hops later than the announcer's count (checked when the eager copy lands if the ids came
+  first) swaps that source's edges: ``Graft`` (for the next
+  offset, which neither side holds yet) to the announcer, ``Prune(source)`` to the eager sender,
+  so each tree converges to shortest paths and stays so as the view changes.
 - Events repaired by a ``hops = None`` batch are announced (``EventIds``) to all other neighbours,
   never pushed, so bulk catch-up does not flood the tree with duplicates.
 - Anti-entropy: on neighbour up and every ``ae_interval`` (to one random neighbour) send our
@@ -39,8 +50,7 @@ Rules (Leitão, Pereira, Rodrigues, "Epidemic Broadcast Trees", SRDS 2007; messa
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +69,7 @@ from protocol.messages_replication import (
 from swarmnode.swarm.antientropy import PullScheduler, lacking, offset_map_pages, pack_batches
 from swarmnode.swarm.effects import Effects, TimerHeap
 from swarmnode.swarm.eventstore import EventStorePort
+from swarmnode.swarm.plumtree_edges import Edge, EdgeTable, next_edge
 
 if TYPE_CHECKING:  # the machine only calls the Random it is given (pure: STYLE.md §9)
     import random
@@ -76,32 +87,6 @@ __all__ = [
 # A peer's offset map may span pages (SPEC §7.4.2); past this many we drop the partial map rather
 # than buffer without bound (64 pages = 1M sources, beyond any swarm of DESIGN.md's 1,000 nodes).
 MAX_MAP_PAGES = 64
-
-
-class Edge(enum.Enum):
-    """Plumtree role of an active-view neighbour."""
-
-    EAGER = "eager"
-    LAZY = "lazy"
-
-
-# Every edge transition, in one place (STYLE.md §4): (input) → next state. "up" adds a neighbour as
-# EAGER (paper: eagerPushPeers starts as the neighbours), "down" removes it.
-_EDGE_TABLE: Mapping[str, Edge | None] = {
-    "up": Edge.EAGER,
-    "graft_received": Edge.EAGER,
-    "graft_sent": Edge.EAGER,
-    "prune_received": Edge.LAZY,
-    "duplicate_received": Edge.LAZY,
-    "down": None,
-}
-
-
-def next_edge(current: Edge | None, event: str) -> Edge | None:
-    """The edge state after ``event``; inputs other than "up" leave a non-neighbour absent."""
-    if current is None and event != "up":
-        return None
-    return _EDGE_TABLE[event]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,9 +110,11 @@ class DisseminationConfig:
     request_timeout: float = 2.0
     """A peer that delivers nothing this long loses its requests in flight (progress resets it)."""
     request_retries: int = 3
-    hop_threshold: int = 3
+    hop_threshold: int = 1
     """Plumtree's optimisation: when a lazy peer announces events we got eagerly this many hops
-    later, graft it and prune the eager sender (0 disables)."""
+    later, graft it and prune the eager sender (0 disables). Trees are per source, so a swap
+    reshapes one source's tree only and any shorter path may win: at N=100 the steady-state p99
+    depth is 4 hops with 1, 5 with 2, 5-6 with 3 (tests/swarm/test_tree_quality.py)."""
     max_serve_events: int = 16384
     """Most events sent for one RequestRange/Graft range: a peer cannot ask for the whole log."""
     batch_budget: int = EVENT_BATCH_BUDGET
@@ -188,7 +175,7 @@ class Dissemination:
         self.node_id = node_id
         self._store = store
         self._rng = rng
-        self._edges: dict[str, Edge] = {}
+        self._edges = EdgeTable()
         self._timers: TimerHeap[tuple[str, str]] = TimerHeap()
         self._pull = PullScheduler(
             span=config.request_span,
@@ -202,6 +189,9 @@ class Dissemination:
         self._announced: dict[str, dict[str, int]] = {}
         # source → (peer, hops, last offset) of the latest eager batch that brought new events
         self._eager_hops: dict[str, tuple[str, int, int]] = {}
+        # source -> (peer, hops, last) of the shortest IHAVE that overtook the eager copy: deep in
+        # a young tree the ids arrive first, and the shortcut they show must not be lost
+        self._early_ids: dict[str, tuple[str, int, int]] = {}
         self._map_pages: dict[str, list[tuple[str, int]]] = {}
         self._page_count: dict[str, int] = {}
         self._peer_maps: dict[str, dict[str, int]] = {}
@@ -230,15 +220,14 @@ class Dissemination:
     # ---- inputs -------------------------------------------------------------------------------
 
     def handle_neighbor_up(self, now: float, peer: str) -> None:
-        if peer == self.node_id or peer in self._edges:
+        if peer == self.node_id or not self._edges.up(peer):
             return
-        self._edges[peer] = Edge.EAGER
         self._send_map(now, peer)
         if ("ae", "") not in self._timers:
             self._timers.schedule(("ae", ""), now + self._jitter(self.config.ae_interval))
 
     def handle_neighbor_down(self, now: float, peer: str) -> None:
-        self._edges.pop(peer, None)
+        self._edges.down(peer)
         self._pull.forget_peer(peer)
         self._lazy_queue.pop(peer, None)
         self._map_pages.pop(peer, None)
@@ -271,12 +260,12 @@ class Dissemination:
                 self._on_ids(now, peer, msg)
             case Graft():
                 self._c["grafts_received"] += 1
-                self._set_edge(peer, "graft_received")
+                self._set_edge(peer, "graft_received", [r.source for r in msg.ranges])
                 for r in msg.ranges:
                     self._serve(peer, r.source, r.first, r.last)
             case Prune():
                 self._c["prunes_received"] += 1
-                self._set_edge(peer, "prune_received")
+                self._set_edge(peer, "prune_received", msg.sources)
             case OffsetMap() if neighbour:
                 self._on_map(now, peer, msg)
             case RequestRange():
@@ -306,8 +295,9 @@ class Dissemination:
         self._sends, self._notices = [], []
         return fx
 
-    def edge(self, peer: str) -> Edge | None:
-        return self._edges.get(peer)
+    def edge(self, peer: str, source: str | None = None) -> Edge | None:
+        """``peer``'s edge for ``source``'s tree, or its default edge when ``source`` is None."""
+        return self._edges.get(peer, source)
 
     def statistics(self) -> DisseminationStatistics:
         ours = self._store.offsets()
@@ -315,7 +305,7 @@ class Dissemination:
             peer: sum(max(0, last - theirs.get(s, -1)) for s, last in ours.items())
             for peer, theirs in self._peer_maps.items()
         }
-        eager = sum(1 for e in self._edges.values() if e is Edge.EAGER)
+        eager = self._edges.eager_count()
         return DisseminationStatistics(
             **self._c,
             eager_peers=eager,
@@ -331,33 +321,45 @@ class Dissemination:
     ) -> None:
         """Eager-push ``records`` to eager peers and queue IHAVEs for the others. ``hops=None``
         (repaired events): announce to every other neighbour, push to none."""
-        if hops is None:
-            eager: list[str] = []
-            hops = MAX_HOPS  # distance unknown: must never look like a shortcut to the tree
-        else:
-            hops = 0 if came_from is None else min(MAX_HOPS, hops + 1)
-            eager = [p for p, e in self._edges.items() if p != came_from and e is Edge.EAGER]
-        if eager:
-            for batch in pack_batches(
-                records, self._store.public_key, hops=hops, budget=self.config.batch_budget
-            ):
-                self._sends.extend((p, batch) for p in eager)
-        lazy = [p for p in self._edges if p != came_from and p not in eager]
-        if not lazy:
-            return
+        repaired = hops is None
+        hops = MAX_HOPS if hops is None else 0 if came_from is None else min(MAX_HOPS, hops + 1)
         spans: dict[str, tuple[int, int]] = {}
         for r in records:
             first, last = spans.get(r.source, (r.offset, r.offset))
             spans[r.source] = (min(first, r.offset), max(last, r.offset))
-        for p in lazy:
-            queue = self._lazy_queue.setdefault(p, {})
-            for source, (first, last) in spans.items():
-                entry = queue.get(source)
+        peers = [p for p in self._edges if p != came_from]
+        eager_for: dict[str, tuple[str, ...]] = {}
+        lazy_for: dict[str, list[str]] = {}
+        for source in spans:
+            # repaired events: distance unknown, so announce only (never look like a shortcut)
+            eager_for[source] = (
+                () if repaired else tuple(p for p in peers if self.edge(p, source) is Edge.EAGER)
+            )
+            lazy_for[source] = [p for p in peers if p not in eager_for[source]]
+        if not repaired:
+            for source in spans:
+                self._edges.pushed(source)
+        groups: dict[tuple[str, ...], list[EventRecord]] = {}  # sources whose trees agree
+        for r in records:
+            if eager_for[r.source]:
+                groups.setdefault(eager_for[r.source], []).append(r)
+        for eager, recs in groups.items():
+            if recs:
+                for batch in pack_batches(
+                    recs, self._store.public_key, hops=hops, budget=self.config.batch_budget
+                ):
+                    self._sends.extend((p, batch) for p in eager)
+        queued = False
+        for source, lazy in lazy_for.items():
+            first, last = spans[source]
+            for p in lazy:
+                queued = True
+                entry = self._lazy_queue.setdefault(p, {}).get(source)
                 if entry is None:
-                    queue[source] = [first, last, hops]
+                    self._lazy_queue[p][source] = [first, last, hops]
                 else:
                     entry[0], entry[1] = min(entry[0], first), max(entry[1], last)
-        if ("lazy", "") not in self._timers:
+        if queued and ("lazy", "") not in self._timers:
             self._timers.schedule(("lazy", ""), now + self.config.lazy_delay)
 
     def _flush_lazy(self) -> None:
@@ -382,14 +384,15 @@ class Dissemination:
             runs.setdefault(r.source, []).append(r)
         to_ingest: list[tuple[bytes, Sequence[EventRecord]]] = []
         duplicates = 0
-        gap = False
+        dup_sources: list[str] = []  # sources that brought nothing new: prune their trees
         for source, recs in runs.items():
             head = self._store.head(source)
             if recs[-1].offset <= head:
                 duplicates += len(recs)
+                dup_sources.append(source)
                 continue
             if recs[0].offset > head + 1:
-                gap = True  # lost or overtaken: fetch the hole from the sender, who holds it
+                # lost or overtaken: fetch the hole from the sender, who holds it
                 self._c["gaps"] += 1
                 if peer in self._edges:
                     self._pull.want(peer, source, recs[-1].offset)
@@ -412,10 +415,10 @@ class Dissemination:
             if stored:
                 self._pull.touch(now, peer)
         self._c["duplicates"] += duplicates
-        if batch.hops is not None and not stored and not gap and duplicates:
+        if batch.hops is not None and dup_sources:
             self._c["prunes_sent"] += 1
-            self._sends.append((peer, Prune()))
-            self._set_edge(peer, "duplicate_received")
+            self._sends.append((peer, Prune(sources=tuple(sorted(dup_sources)))))
+            self._set_edge(peer, "duplicate_received", dup_sources)
         if stored:
             self._c["events_stored"] += len(stored)
             if batch.hops is not None:
@@ -426,6 +429,10 @@ class Dissemination:
             self._pull.progress(self._store.head)
             self._clear_announced({r.source for r in stored})
             self._disseminate(now, stored, hops=batch.hops, came_from=peer)
+            for source in {r.source for r in stored}:
+                early = self._early_ids.pop(source, None)
+                if early is not None and batch.hops is not None:
+                    self._maybe_shorten(early[0], source, early[2], early[1])
         self._issue_requests(now)
 
     def _reject(self, peer: str, reason: str) -> None:
@@ -439,6 +446,9 @@ class Dissemination:
             if r.last <= self._store.head(r.source):
                 self._maybe_shorten(peer, r.source, r.last, msg.hops)
                 continue
+            early = self._early_ids.get(r.source)
+            if early is None or msg.hops < early[1]:
+                self._early_ids[r.source] = (peer, msg.hops, r.last)
             announcers = self._announced.setdefault(r.source, {})
             announcers[peer] = max(r.last, announcers.get(peer, -1))
             if ("miss", r.source) not in self._timers:
@@ -460,7 +470,7 @@ class Dissemination:
             span_last = min(last, first + self.config.request_span - 1)
             if first <= span_last:
                 self._c["grafts_sent"] += 1
-                self._set_edge(peer, "graft_sent")
+                self._set_edge(peer, "graft_sent", [source])
                 self._sends.append(
                     (peer, Graft(ranges=(OffsetRange(source=source, first=first, last=span_last),)))
                 )
@@ -475,18 +485,27 @@ class Dissemination:
         replaces the eager sender in the tree (GRAFT without ids to it, PRUNE to the old one)."""
         got = self._eager_hops.get(source)
         threshold = self.config.hop_threshold
-        if got is None or threshold <= 0 or self._edges.get(peer) is not Edge.LAZY:
+        if got is None or threshold <= 0 or self._edges.get(peer, source) is not Edge.LAZY:
             return
         sender, got_hops, got_last = got
         if sender == peer or last > got_last or got_hops - hops < threshold:
             return
-        del self._eager_hops[source]
+        if not self._edges.settled(source):
+            # Not in the first round: the sender counts rounds too, and a prune in its first
+            # round would reshape the default tree that new sources' first events ride.
+            return
+        # The announcer is our parent from now on: a later, still shorter announcement of the
+        # same round may replace it again, so a node reaches its best parent in one round.
+        self._eager_hops[source] = (peer, hops, got_last)
         self._c["optimizations"] += 1
-        self._set_edge(peer, "graft_sent")
-        self._sends.append((peer, Graft(ranges=())))
+        self._set_edge(peer, "graft_sent", [source])
+        # Asks for the next offset, which neither side holds yet: the edge turns eager for this
+        # source and nothing is sent now (a Graft always names its sources, SPEC §7.4.5).
+        nxt = OffsetRange(source=source, first=got_last + 1, last=got_last + 1)
+        self._sends.append((peer, Graft(ranges=(nxt,))))
         if sender in self._edges:
-            self._set_edge(sender, "duplicate_received")
-            self._sends.append((sender, Prune()))
+            self._set_edge(sender, "duplicate_received", [source], fork=True)
+            self._sends.append((sender, Prune(sources=(source,))))
 
     def _clear_announced(self, sources: set[str]) -> None:
         for source in sources:
@@ -548,10 +567,10 @@ class Dissemination:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _set_edge(self, peer: str, event: str) -> None:
-        state = next_edge(self._edges.get(peer), event)
-        if state is not None:
-            self._edges[peer] = state
+    def _set_edge(
+        self, peer: str, event: str, sources: Sequence[str] = (), *, fork: bool = False
+    ) -> None:
+        self._edges.apply(peer, event, sources, fork=fork)
 
     def _jitter(self, period: float) -> float:
         """Spread periodic rounds over [0.5, 1.5) × period so nodes do not synchronise."""

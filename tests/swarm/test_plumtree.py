@@ -132,7 +132,7 @@ def test_lazy_edge_grafts_missing_events_after_timeout() -> None:
     assert graft == [Graft(ranges=(OffsetRange(source=a.node_id, first=0, last=3),))]
     assert b.machine.statistics().grafts_sent == 1
     deliver(t, graft, b.node_id, a)
-    assert a.machine.edge(b.node_id) is Edge.EAGER
+    assert a.machine.edge(b.node_id, a.node_id) is Edge.EAGER  # edges are per source
     answer = sends_to(a.machine.drain(), b.node_id)
     assert [m.hops for m in batches(answer)] == [None]
     deliver(t, answer, a.node_id, b)
@@ -333,24 +333,32 @@ def test_a_much_shorter_lazy_path_replaces_the_eager_sender() -> None:
     deliver(0.0, [Prune()], d.node_id, a)  # the direct edge a–d is lazy on both ends
     deliver(0.0, [Prune()], a.node_id, d)
     exchange(0.0, line)
+    a.publish(0.5, 1)  # a source's first round prunes the default tree: no optimisation yet
+    exchange(0.5, line)
+    a.machine.handle_timer(0.5 + a.config.lazy_delay)
+    deliver(0.6, sends_to(a.machine.drain(), d.node_id), a.node_id, d)
+    assert not any(isinstance(m, Graft) for _, m in d.machine.drain().sends)
     records = a.publish(1.0, 1)
     exchange(1.0, line)
-    assert d.store.records(a.node_id) == records
+    assert d.store.records(a.node_id)[-1:] == records
     assert d.machine.statistics().max_hops == 3
     a.machine.handle_timer(1.0 + a.config.lazy_delay)
     ihave = sends_to(a.machine.drain(), d.node_id)
-    assert ihave == [EventIds(ranges=(OffsetRange(source=a.node_id, first=0, last=0),), hops=0)]
+    assert ihave == [EventIds(ranges=(OffsetRange(source=a.node_id, first=1, last=1),), hops=0)]
     deliver(1.1, ihave, a.node_id, d)
     fx = d.machine.drain()
-    assert sends_to(fx, a.node_id) == [Graft(ranges=())]
-    assert sends_to(fx, x3.node_id) == [Prune()]
-    assert d.machine.edge(a.node_id) is Edge.EAGER
-    assert d.machine.edge(x3.node_id) is Edge.LAZY
+    # per-source trees: the graft names the source (from its next offset), the prune too
+    assert sends_to(fx, a.node_id) == [
+        Graft(ranges=(OffsetRange(source=a.node_id, first=2, last=2),))
+    ]
+    assert sends_to(fx, x3.node_id) == [Prune(sources=(a.node_id,))]
+    assert d.machine.edge(a.node_id, a.node_id) is Edge.EAGER  # edges are per source
+    assert d.machine.edge(x3.node_id, a.node_id) is Edge.LAZY
     assert d.machine.statistics().optimizations == 1
     deliver(1.1, sends_to(fx, a.node_id), d.node_id, a)
     deliver(1.1, sends_to(fx, x3.node_id), d.node_id, x3)
-    assert a.machine.edge(d.node_id) is Edge.EAGER
-    assert x3.machine.edge(d.node_id) is Edge.LAZY
+    assert a.machine.edge(d.node_id, a.node_id) is Edge.EAGER
+    assert x3.machine.edge(d.node_id, a.node_id) is Edge.LAZY
     # Now d gets a's events straight from a; x3's ids (hops 3) are longer, so nothing changes.
     a.publish(2.0, 1)
     delivered = exchange(2.0, line)
