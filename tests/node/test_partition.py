@@ -22,12 +22,12 @@ import hashlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish, http_query
+from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish
+from tests.helpers.swarm_status import free_port, wait_holds, wait_states
 from tests.helpers.tcp_proxy import CutMode, TcpProxy, process_of_port
 
 SWARM_KEY = hashlib.blake2s(b"partition test swarm").hexdigest()
@@ -177,54 +177,12 @@ async def labelled_dial(
 # ---- real nodes ----------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def status(
-    session: aiohttp.ClientSession, node: NodeProcess, *, after: int | None = None
-) -> dict[str, Any]:
-    query = "" if after is None else f"?after={after}&wait=5"
-    async with session.get(f"http://{node.info.events_api}/api/v1/node/status{query}") as resp:
-        assert resp.status == 200, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-def _states(body: dict[str, Any]) -> dict[str, str]:
-    return {p["nodeId"]: p["state"] for p in body["peers"]}
-
-
-async def wait_states(
-    session: aiohttp.ClientSession,
-    node: NodeProcess,
-    want: dict[str, Callable[[str | None], bool]],
-) -> dict[str, Any]:
-    """Long-poll ``node``'s status until every peer's state satisfies its predicate."""
-    body = await status(session, node)
-    while not all(ok(_states(body).get(peer)) for peer, ok in want.items()):
-        body = await status(session, node, after=body["generation"])
-    return body
-
-
 def is_alive(state: str | None) -> bool:
     return state == "alive"
 
 
 def is_dead(state: str | None) -> bool:
     return state == "dead"
-
-
-async def wait_holds(
-    session: aiohttp.ClientSession, node: NodeProcess, want: dict[str, int]
-) -> list[dict[str, Any]]:
-    """A query bounded by ``want`` completes once the node holds all of it (API.md)."""
-    body = {"subscriptions": [{}], "upperBound": want, "order": "source-ordered"}
-    lines = await http_query(session, node, body)
-    return sorted(lines, key=lambda e: (e["stream"]["source"], e["offset"]))
 
 
 async def publish(session: aiohttp.ClientSession, node: NodeProcess, tag: str) -> None:
@@ -252,7 +210,7 @@ async def proxied_swarm(
 
     async with contextlib.AsyncExitStack() as stack:
         for i in range(count):
-            port = _free_port()
+            port = free_port()
             proxy = TcpProxy(("127.0.0.1", port), identify=identify_for(i))
             proxies.append(await stack.enter_async_context(proxy))
             monkeypatch.setenv("SWARMNODE_ADVERTISE", proxy.address)

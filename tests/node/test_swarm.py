@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -19,8 +17,13 @@ from tests.helpers.node_proc import (
     NodeProcess,
     http_offsets,
     http_publish,
-    http_query,
     run_cli,
+)
+from tests.helpers.swarm_status import (
+    free_port,
+    node_status,
+    wait_holds,
+    wait_states,
 )
 
 SWARM_KEY = hashlib.blake2s(b"node swarm test").hexdigest()
@@ -44,33 +47,11 @@ async def chain(
         yield nodes
 
 
-async def status(
-    session: aiohttp.ClientSession, node: NodeProcess, *, after: int | None = None
-) -> dict[str, Any]:
-    """The node's status; with ``after``, once its generation passed it (a long poll)."""
-    query = "" if after is None else f"?after={after}&wait=5"
-    async with session.get(f"http://{node.info.events_api}/api/v1/node/status{query}") as resp:
-        assert resp.status == 200, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
 async def wait_state(
     session: aiohttp.ClientSession, node: NodeProcess, peer: str, state: str
 ) -> None:
     """Wait, by long-polling status, until ``node`` holds ``peer`` in ``state``."""
-    body = await status(session, node)
-    while _states(body).get(peer) != state:
-        body = await status(session, node, after=body["generation"])
-
-
-async def wait_holds(
-    session: aiohttp.ClientSession, node: NodeProcess, want: dict[str, int]
-) -> list[dict[str, Any]]:
-    """A query whose upper bound is ``want`` completes only when the node holds all of it
-    (API.md), so this waits on the node itself, without polling."""
-    body = {"subscriptions": [{}], "upperBound": want, "order": "source-ordered"}
-    return await http_query(session, node, body)
+    await wait_states(session, node, {peer: lambda s: s == state})
 
 
 async def publish_rounds(
@@ -103,7 +84,7 @@ async def test_chain_of_three_converges_and_reports_status(
         assert len(held[0]) == 300
 
         # The middle node was dialled by both others: both are alive and connected there.
-        middle = await status(http, nodes[1])
+        middle = await node_status(http, nodes[1])
         assert middle["nodeId"] == nodes[1].info.node_id
         assert middle["swarm"] == nodes[1].info.swarm
         assert middle["offsets"] == want
@@ -114,7 +95,7 @@ async def test_chain_of_three_converges_and_reports_status(
             assert row["connected"] is True
             assert row["addresses"] == [other.info.swarm]
         for end in (nodes[0], nodes[2]):
-            seen = {p["nodeId"]: p["state"] for p in (await status(http, end))["peers"]}
+            seen = {p["nodeId"]: p["state"] for p in (await node_status(http, end))["peers"]}
             assert seen[nodes[1].info.node_id] == "alive"
 
         code, out, err = await run_cli(
@@ -154,23 +135,16 @@ async def test_node_with_another_swarm_key_receives_and_injects_nothing(
             assert await http_offsets(http, stranger) == {stranger.info.node_id: 9}
             for node in (a, b):
                 assert stranger.info.node_id not in await http_offsets(http, node)
-            seen = await status(http, stranger)
+            seen = await node_status(http, stranger)
             assert seen["peers"] == []
             assert seen["counters"]["dial_failures"] >= 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_node_keeps_trying_its_seed_until_it_appears(
     tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SWARMNODE_PROBE_PERIOD", "0.2")
-    port = _free_port()
+    port = free_port()
     early = NodeProcess(
         tmp_path / "early", extra_args=["--swarm-key", SWARM_KEY, "--peers", f"127.0.0.1:{port}"]
     )
@@ -185,11 +159,7 @@ async def test_node_keeps_trying_its_seed_until_it_appears(
             assert late.info.swarm == f"127.0.0.1:{port}"
             async with asyncio.timeout(DEADLINE):
                 await wait_holds(http, late, {early.info.node_id: 0})
-            assert (await status(http, early))["counters"]["dial_failures"] >= 1
-
-
-def _states(body: dict[str, Any]) -> dict[str, str]:
-    return {p["nodeId"]: p["state"] for p in body["peers"]}
+            assert (await node_status(http, early))["counters"]["dial_failures"] >= 1
 
 
 async def test_five_node_chain_detects_a_crash_and_the_restarted_node_catches_up(
