@@ -32,6 +32,7 @@ __all__ = [
     "IngestResult",
     "MemoryEventStore",
     "Verifier",
+    "verify_runs",
 ]
 
 # read_range extends a span to the next signed head by at most this many events: the origin signs
@@ -56,6 +57,40 @@ class IngestResult:
     duplicates: int = 0
     problem: str | None = None
     forged: bool = False
+
+
+def verify_runs(
+    runs: Sequence[tuple[bytes, Sequence[EventRecord]]],
+    head_of: Callable[[str], SourceHead],
+    verify: Verifier,
+    *,
+    refuse_source: str | None = None,
+) -> tuple[list[tuple[bytes, str, list[EventRecord]]], int, str | None, bool]:
+    """Verify every run of an ``ingest`` call before anything is stored (all or nothing).
+
+    Returns ``(accepted runs as (key, source, records), duplicates, problem, forged)``; when
+    ``forged``, nothing may be stored. A run of ``refuse_source`` (our own source coming back) is
+    dropped as a benign problem: anything newer than we hold would fork our own log.
+    """
+    accepted: list[tuple[bytes, str, list[EventRecord]]] = []
+    duplicates = 0
+    problem: str | None = None
+    for key, records in runs:
+        if not records:
+            continue
+        source = records[0].source
+        if source == refuse_source:
+            problem = f"{source}: own source"
+            continue
+        verdict = verify(key, head_of(source), records)
+        duplicates += verdict.duplicates
+        if verdict.problem is not None:
+            problem = f"{source}: {verdict.problem}"
+            if verdict.problem != _BENIGN_PROBLEM:
+                return [], duplicates, problem, True
+        if verdict.accepted:
+            accepted.append((key, source, verdict.accepted))
+    return accepted, duplicates, problem, False
 
 
 class EventStorePort(Protocol):
@@ -129,31 +164,21 @@ class MemoryEventStore:
         return held.records[start:end]
 
     def ingest(self, runs: Sequence[tuple[bytes, Sequence[EventRecord]]]) -> IngestResult:
-        verdicts: list[tuple[bytes, str, Verdict]] = []
-        duplicates = 0
-        problem: str | None = None
-        for key, records in runs:
-            if not records:
-                continue
-            source = records[0].source
-            held = self._sources.get(source)
-            head = EMPTY_HEAD
-            if held is not None:
-                last = held.records[-1]
-                head = SourceHead(offset=last.offset, lamport=last.lamport, chain=last.chain)
-            verdict = self._verify(key, head, records)
-            duplicates += verdict.duplicates
-            if verdict.problem is not None and verdict.problem != _BENIGN_PROBLEM:
-                return IngestResult([], duplicates, f"{source}: {verdict.problem}", forged=True)
-            if verdict.problem is not None:
-                problem = f"{source}: {verdict.problem}"
-            verdicts.append((key, source, verdict))
+        accepted, duplicates, problem, forged = verify_runs(runs, self._head_of, self._verify)
+        if forged:
+            return IngestResult([], duplicates, problem, forged=True)
         stored: list[EventRecord] = []
-        for key, source, verdict in verdicts:
-            if verdict.accepted:
-                self._append(key, source, verdict.accepted)
-                stored.extend(verdict.accepted)
+        for key, source, records in accepted:
+            self._append(key, source, records)
+            stored.extend(records)
         return IngestResult(stored, duplicates, problem)
+
+    def _head_of(self, source: str) -> SourceHead:
+        held = self._sources.get(source)
+        if held is None:
+            return EMPTY_HEAD
+        last = held.records[-1]
+        return SourceHead(offset=last.offset, lamport=last.lamport, chain=last.chain)
 
     def _append(self, key: bytes, source: str, records: list[EventRecord]) -> None:
         held = self._sources.get(source)

@@ -25,8 +25,8 @@ from typing import Final
 
 from protocol.eventchain import EventRecord
 from swarmnode.events.log import EventLog
-from swarmnode.events.verify import EMPTY_HEAD, SourceHead, Verdict, verify_batch
-from swarmnode.swarm.eventstore import SIGNED_RUN_LIMIT, IngestResult, Verifier
+from swarmnode.events.verify import EMPTY_HEAD, SourceHead, verify_batch
+from swarmnode.swarm.eventstore import SIGNED_RUN_LIMIT, IngestResult, Verifier, verify_runs
 
 __all__ = ["TAIL_RECORDS", "LogStore"]
 
@@ -41,8 +41,6 @@ TAIL_RECORDS: Final = 8192 + SIGNED_RUN_LIMIT + 1
 TOTAL_TAIL_RECORDS: Final = 65536
 # Prefetched spans waiting for the machine's read_range: one per request in flight per peer.
 MAX_PREFETCHED: Final = 256
-
-_BENIGN_PROBLEM = "unsigned tail"
 
 
 @dataclass(slots=True)
@@ -116,33 +114,23 @@ class LogStore:
         return [tail[i] for i in range(start, stop)]
 
     def ingest(self, runs: Sequence[tuple[bytes, Sequence[EventRecord]]]) -> IngestResult:
-        verdicts: list[tuple[bytes, str, Verdict]] = []
-        duplicates = 0
-        problem: str | None = None
-        for key, records in runs:
-            if not records:
-                continue
-            source = records[0].source
-            if source == self._me:
-                # Our own events come back only as duplicates; anything newer would fork the
-                # log the writer numbers from. Not the peer's fault: dropped, not forged.
-                problem = f"{source}: own source"
-                continue
-            held = self._sources.get(source)
-            verdict = self._verify(key, EMPTY_HEAD if held is None else held.head, records)
-            duplicates += verdict.duplicates
-            if verdict.problem is not None and verdict.problem != _BENIGN_PROBLEM:
-                return IngestResult([], duplicates, f"{source}: {verdict.problem}", forged=True)
-            if verdict.problem is not None:
-                problem = f"{source}: {verdict.problem}"
-            verdicts.append((key, source, verdict))
+        # Our own events come back only as duplicates; anything newer would fork the log the
+        # writer numbers from. Not the peer's fault: dropped, not forged (verify_runs).
+        accepted, duplicates, problem, forged = verify_runs(
+            runs, self._head_of, self._verify, refuse_source=self._me
+        )
+        if forged:
+            return IngestResult([], duplicates, problem, forged=True)
         stored: list[EventRecord] = []
-        for key, source, verdict in verdicts:
-            if verdict.accepted:
-                self._append(key, source, verdict.accepted)
-                self._commit(key, verdict.accepted)
-                stored.extend(verdict.accepted)
+        for key, source, records in accepted:
+            self._append(key, source, records)
+            self._commit(key, records)
+            stored.extend(records)
         return IngestResult(stored, duplicates, problem)
+
+    def _head_of(self, source: str) -> SourceHead:
+        held = self._sources.get(source)
+        return EMPTY_HEAD if held is None else held.head
 
     # ---- driver side -------------------------------------------------------------------------
 
