@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from protocol.eventchain import EventRecord
+from protocol.eventchain import EventRecord, record_fields
 from protocol.framing import FRAME_HEADER, MAX_FRAME_SIZE, encode_frame_header
 from protocol.messages import (
     IGNORABLE_TAG_MIN,
@@ -159,17 +159,7 @@ _PAIRS = _seq(_Conv(_identity, lambda value: _record(value, 2, "a pair")[:2]))
 
 
 def _pack_event(r: EventRecord) -> object:
-    return (
-        r.source,
-        r.offset,
-        r.lamport,
-        r.timestamp,
-        r.semantics,
-        r.name,
-        r.payload,
-        r.chain,
-        r.signature,
-    )
+    return record_fields(r)
 
 
 def _unpack_event(value: Any) -> EventRecord:

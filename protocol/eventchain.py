@@ -26,6 +26,7 @@ __all__ = [
     "chain_hash",
     "head_signing_bytes",
     "record_chain",
+    "record_fields",
     "verify_head",
 ]
 
@@ -52,6 +53,23 @@ class EventRecord:
     payload: str
     chain: bytes
     signature: bytes | None = None
+
+
+def record_fields(
+    r: EventRecord,
+) -> tuple[str, int, int, int, str, str, str, bytes, bytes | None]:
+    """Every field of a record in declaration order: the row and wire layouts (SPEC.md §6.3)."""
+    return (
+        r.source,
+        r.offset,
+        r.lamport,
+        r.timestamp,
+        r.semantics,
+        r.name,
+        r.payload,
+        r.chain,
+        r.signature,
+    )
 
 
 def _canonical(

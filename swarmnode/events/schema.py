@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from protocol.eventchain import EventRecord
+from protocol.eventchain import EventRecord, record_fields
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -99,15 +99,5 @@ def record_from_row(row: tuple[Any, ...]) -> EventRecord:
 
 
 def row_from_record(r: EventRecord) -> tuple[Any, ...]:
-    """The parameters of ``INSERT_EVENT`` for one record."""
-    return (
-        r.source,
-        r.offset,
-        r.lamport,
-        r.timestamp,
-        r.semantics,
-        r.name,
-        r.payload,
-        r.chain,
-        r.signature,
-    )
+    """The parameters of ``INSERT_EVENT`` for one record (its columns are in field order)."""
+    return record_fields(r)
