@@ -176,6 +176,15 @@ class EventBatch:
             check_uint("hops", self.hops, MAX_HOPS)
 
 
+def _check_span(source: str, first: int, last: int) -> None:
+    """A source and an inclusive, non-empty offset span (OffsetRange, RequestRange)."""
+    check_node_id("source", source)
+    check_uint("first", first)
+    check_uint("last", last)
+    if last < first:
+        fail("last must not be below first")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OffsetRange:
     """Offsets ``first..last`` (inclusive) of one source. Wire: ``[source, first, last]``."""
@@ -185,11 +194,7 @@ class OffsetRange:
     last: int
 
     def __post_init__(self) -> None:
-        check_node_id("source", self.source)
-        check_uint("first", self.first)
-        check_uint("last", self.last)
-        if self.last < self.first:
-            fail("last must not be below first")
+        _check_span(self.source, self.first, self.last)
 
 
 def _check_ranges(value: object) -> None:
@@ -251,8 +256,4 @@ class RequestRange:
     last: int
 
     def __post_init__(self) -> None:
-        check_node_id("source", self.source)
-        check_uint("first", self.first)
-        check_uint("last", self.last)
-        if self.last < self.first:
-            fail("last must not be below first")
+        _check_span(self.source, self.first, self.last)
