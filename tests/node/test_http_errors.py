@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish
+from tests.helpers.tmpfs import mounted_tmpfs
 
 _WAIT_S = 20.0
 _EVENT_BODY_LIMIT = 16 * 1024 * 1024  # Config.max_event_body_bytes
@@ -249,19 +249,8 @@ async def test_blob_removed_by_retention_answers_410(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs to run a node on (needs root, as CI has); skips where mounting is refused."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "16m", lazy_unmount=True) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 async def test_disk_full_is_507_and_leaves_nothing_half_written(

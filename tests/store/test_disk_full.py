@@ -6,7 +6,6 @@ Needs root to mount; skipped otherwise (the injected-ENOSPC tests cover the logi
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from swarmnode.store.errors import DiskFull
 from tests.helpers.fake_events import FakeEventLog
+from tests.helpers.tmpfs import mounted_tmpfs
 from tests.store.helpers import Clock, make_service, upload
 
 
@@ -21,19 +21,8 @@ from tests.store.helpers import Clock, make_service, upload
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount_point = tmp_path / "mnt"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "2m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 async def test_real_enospc(tiny_fs: Path) -> None:
