@@ -1,4 +1,5 @@
-"""A TCP proxy for tests: forwards 127.0.0.1:<port> to a target, and can cut and heal the link.
+"""A TCP proxy for tests: forwards 127.0.0.1:<port> to a target, and can cut and heal the link,
+cap its bandwidth and add latency.
 
 ``cut(mode, sources=...)`` breaks the connections of the chosen clients (all by default):
 
@@ -16,13 +17,26 @@ label for an accepted connection (``process_of_port`` finds the local process th
 client socket through ``/proc``, so labels can be node processes). A connection whose label is
 unknown counts as chosen while a selective cut is on: a partition that leaks is worse than one
 that is too strict.
+
+Shaping models one node's uplink and downlink: per direction, a rate cap in bytes per second (a
+token bucket shared by all connections of the proxy, so parallel transfers split the cap) and a
+one-way delay. A read leaves the proxy when the bucket has paid for it (its last byte's
+serialisation time) plus the delay. Reads are queued in the meantime, and a connection whose queue
+passes ``_QUEUE_LIMIT`` stops being read, so the sender backs up instead of the proxy buffering.
+
+Every socket the proxy makes is its own: it accepts on its own listening socket (an
+``asyncio.Server`` closed while an accepted socket waits for its transport drops that socket
+unclosed on Python 3.11), and ``aclose()`` waits until every connection's transport is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import socket
+from collections import deque
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal
@@ -33,21 +47,58 @@ CutMode = Literal["reset", "blackhole"]
 # Which way a blackhole stops traffic: "to_client" stalls only what the target sends (a peer that
 # stops reading), "to_target" only what the client sends.
 Direction = Literal["both", "to_client", "to_target"]
-# Bytes read per call: large enough for the swarm's ~1 MiB records, one buffer per direction.
-_READ_LIMIT = 1 << 20
+# Queued bytes per connection and direction above which the proxy stops reading that side; with
+# reads of at most 256 KiB and a 64 KiB write buffer, one direction holds under 1 MiB.
+_QUEUE_LIMIT = 512 * 1024
+# A bucket idle this long (in bytes at its rate, at least) lets a read through at once.
+_DEFAULT_BURST = 64 * 1024
+
+
+class _Shape:
+    """One direction's shaping, shared by every connection: a rate cap (bytes/s) and a delay."""
+
+    def __init__(self, rate_bps: float | None, delay_s: float, burst: int) -> None:
+        self.rate_bps: float | None = None
+        self.delay_s = 0.0
+        self.burst = burst
+        self._next = 0.0  # when the bucket has paid for everything reserved so far
+        self.set(rate_bps, delay_s)
+
+    def set(self, rate_bps: float | None, delay_s: float) -> None:
+        if rate_bps is not None and rate_bps <= 0:
+            raise ValueError(f"rate must be positive or None, not {rate_bps}")
+        if delay_s < 0:
+            raise ValueError(f"delay must not be negative, not {delay_s}")
+        self.rate_bps, self.delay_s = rate_bps, delay_s
+
+    def due(self, now: float, size: int) -> float:
+        """When ``size`` bytes read at ``now`` may be written on (FIFO over all connections)."""
+        if self.rate_bps is None:
+            return now + self.delay_s
+        start = max(self._next, now - self.burst / self.rate_bps)
+        self._next = start + size / self.rate_bps
+        return self._next + self.delay_s
 
 
 class _Pipe(asyncio.Protocol):
-    """One direction's reader: writes what it receives into the other side's transport."""
+    """One side of a link: forwards what it reads, shaped, into the other side's transport.
 
-    def __init__(
-        self, link: _Link, upstream: bool, on_made: Callable[[_Link], None] | None = None
-    ) -> None:
+    Its reads are paused while any hold is on: ``dial`` (not yet forwarded), ``cut`` (a blackhole
+    covers what this side sends), ``full`` (the other side's write buffer is full), ``queue``
+    (too much read but not yet due)."""
+
+    def __init__(self, link: _Link, upstream: bool, shape: _Shape) -> None:
         self.link = link
         self.upstream = upstream  # True: the side towards the target
-        self.on_made = on_made
+        self.shape = shape  # shapes what this side reads
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.holds = {"dial"}
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.queued = 0
+        self.eof = False  # the peer sent EOF: forward it once the queue is empty
+        self.eof_sent = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -56,51 +107,113 @@ class _Pipe(asyncio.Protocol):
             self.link.upstream = self
         else:
             self.link.client = self
-            transport.pause_reading()  # nothing moves before we know where it may go
-        if self.on_made is not None:
-            self.on_made(self.link)
+        self._apply()
+
+    def hold(self, reason: str) -> None:
+        self.holds.add(reason)
+        self._apply()
+
+    def release(self, reason: str) -> None:
+        self.holds.discard(reason)
+        self._apply()
+        self.flush()
+
+    def _apply(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.holds:
+            transport.pause_reading()
+        elif not transport.is_reading():
+            transport.resume_reading()
+
+    def _target(self) -> asyncio.Transport | None:
+        other = self.link.other(self)
+        if other is None or other.transport is None or other.transport.is_closing():
+            return None
+        return other.transport
 
     def data_received(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.queue.append((self.shape.due(now, len(data)), data))
+        self.queued += len(data)
+        self.flush()
+        if self.queued >= _QUEUE_LIMIT:
+            self.hold("queue")
+        self.link.note_buffered()
+
+    def flush(self) -> None:
+        """Write every due read on, unless a cut or a full peer holds this direction."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        loop = asyncio.get_running_loop()
+        while self.queue and "cut" not in self.holds and "full" not in self.holds:
+            due, data = self.queue[0]
+            if due > loop.time():
+                self._timer = loop.call_at(due, self.flush)
+                return
+            target = self._target()
+            if target is None:  # the other side is gone; the link is closing
+                self.queue.clear()
+                self.queued = 0
+                return
+            self.queue.popleft()
+            self.queued -= len(data)
+            target.write(data)  # may call our hold("full") through the peer's pause_writing
+        if "queue" in self.holds and self.queued < _QUEUE_LIMIT:
+            self.holds.discard("queue")
+            self._apply()
+        if self.eof and not self.queue and not self.eof_sent and "cut" not in self.holds:
+            self._send_eof()
+
+    def _send_eof(self) -> None:
+        target = self._target()
+        if target is not None and target.can_write_eof():
+            target.write_eof()
+        self.eof_sent = True
         other = self.link.other(self)
-        if other is not None and other.transport is not None and not other.transport.is_closing():
-            other.transport.write(data)
+        if other is not None and other.eof_sent:
+            self.link.close()  # both ways ended: nothing will flow again
 
     def eof_received(self) -> bool:
-        other = self.link.other(self)
-        if other is not None and other.transport is not None and other.transport.can_write_eof():
-            other.transport.write_eof()
+        self.eof = True
+        self.flush()
         return True  # keep our side open for the other direction; the link closes on loss
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.queue.clear()
+        self.queued = 0
         if not self.closed.done():
             self.closed.set_result(None)
         self.link.close()
+        self.link.proxy.changed()
 
     def pause_writing(self) -> None:
         other = self.link.other(self)
-        if other is not None and other.transport is not None:
-            other.transport.pause_reading()  # back-pressure: stop reading what we cannot write
+        if other is not None:
+            other.hold("full")  # back-pressure: stop reading what we cannot write
 
     def resume_writing(self) -> None:
         other = self.link.other(self)
-        if other is not None and other.transport is not None and not self._held_by_cut():
-            other.transport.resume_reading()
+        if other is not None:
+            other.release("full")
 
-    def _held_by_cut(self) -> bool:
-        """Whether the cut keeps the other side (whose reads we resume) paused."""
-        link = self.link
-        if not link.paused:
-            return False
-        if link.direction == "both":
-            return True
-        # other is the upstream pipe when we are the client pipe
-        return (link.direction == "to_client") == (not self.upstream)
+    def buffered(self) -> int:
+        """Bytes this side holds: queued reads plus its transport's unsent writes."""
+        pending = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return self.queued + pending
 
 
 class _Link:
     """A client connection and (once dialled) its upstream connection to the target."""
 
-    def __init__(self, label: str | None) -> None:
+    def __init__(self, proxy: TcpProxy, label: str | None) -> None:
+        self.proxy = proxy
         self.label = label
         self.client: _Pipe | None = None
         self.upstream: _Pipe | None = None
@@ -118,16 +231,19 @@ class _Link:
         self.paused = paused
         self.direction = direction
         for pipe in self.pipes():
-            # Pausing a side's reads stops what flows from that side.
-            if direction == "to_client" and not pipe.upstream:
-                continue
-            if direction == "to_target" and pipe.upstream:
-                continue
-            if pipe.transport is not None and not pipe.transport.is_closing():
-                if paused:
-                    pipe.transport.pause_reading()
-                else:
-                    pipe.transport.resume_reading()
+            # Pausing a side's reads (and its queue) stops what flows from that side.
+            covered = not (
+                (direction == "to_client" and not pipe.upstream)
+                or (direction == "to_target" and pipe.upstream)
+            )
+            if paused and covered:
+                pipe.hold("cut")
+            else:
+                pipe.release("cut")
+
+    def note_buffered(self) -> None:
+        total = sum(p.buffered() for p in self.pipes())
+        self.proxy.peak_link_buffered = max(self.proxy.peak_link_buffered, total)
 
     def close(self) -> None:
         for pipe in self.pipes():
@@ -138,51 +254,98 @@ class _Link:
 class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``. ``async with`` closes every connection.
 
-    ``address`` is ``"127.0.0.1:<port>"`` once started; ``accepted`` counts connections.
-    """
+    ``address`` is ``"127.0.0.1:<port>"`` once started; ``accepted`` counts connections;
+    ``peak_link_buffered`` is the most bytes one connection ever held in the proxy (both ways).
+    Rates are bytes per second (None: uncapped), delays seconds, per direction (``rate_bps``:
+    both directions, unless one is given on its own); ``set_rate`` and ``set_delay`` change
+    them for reads from then on. ``target`` may be changed before connections need it."""
 
     def __init__(
         self,
         target: tuple[str, int],
         *,
         identify: Callable[[tuple[str, int]], str | None] | None = None,
+        rate_bps: float | None = None,
+        rate_to_target_bps: float | None = None,
+        rate_to_client_bps: float | None = None,
+        delay_to_target_s: float = 0.0,
+        delay_to_client_s: float = 0.0,
+        burst_bytes: int = _DEFAULT_BURST,
     ) -> None:
         self.target = target
         self.identify = identify
         self.accepted = 0
-        self._server: asyncio.Server | None = None
+        self.peak_link_buffered = 0
+        to_target = rate_bps if rate_to_target_bps is None else rate_to_target_bps
+        to_client = rate_bps if rate_to_client_bps is None else rate_to_client_bps
+        self._to_target = _Shape(to_target, delay_to_target_s, burst_bytes)
+        self._to_client = _Shape(to_client, delay_to_client_s, burst_bytes)
+        self._sock: socket.socket | None = None
+        self._serving: asyncio.Task[None] | None = None
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._mode: CutMode | None = None
         self._direction: Direction = "both"
         self._sources: frozenset[str] | None = None  # None: every client
+        self._changed: asyncio.Event | None = None
 
     @property
     def address(self) -> str:
-        assert self._server is not None, "the proxy is not started"
-        host, port = self._server.sockets[0].getsockname()[:2]
+        assert self._sock is not None, "the proxy is not started"
+        host, port = self._sock.getsockname()[:2]
         return f"{host}:{port}"
 
     @property
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
 
+    def set_rate(self, to_target_bps: float | None, to_client_bps: float | None) -> None:
+        """Cap each direction (bytes/s over all connections together); None lifts the cap."""
+        self._to_target.set(to_target_bps, self._to_target.delay_s)
+        self._to_client.set(to_client_bps, self._to_client.delay_s)
+
+    def set_delay(self, to_target_s: float, to_client_s: float) -> None:
+        """One-way latency per direction, for reads from now on."""
+        self._to_target.set(self._to_target.rate_bps, to_target_s)
+        self._to_client.set(self._to_client.rate_bps, to_client_s)
+
     async def start(self) -> str:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, "127.0.0.1", 0)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._serving = asyncio.get_running_loop().create_task(self._serve(sock))
         return self.address
+
+    async def _serve(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            link = _Link(self, None)
+            self._links.add(link)  # from here on aclose() waits for its transport to be gone
+            try:
+                await loop.connect_accepted_socket(
+                    functools.partial(_Pipe, link, False, self._to_target), conn
+                )
+            except BaseException:
+                link.close()
+                conn.close()
+                raise
+            self._accepted(link)
 
     def _chosen(self, link: _Link) -> bool:
         if self._mode is None:
             return False
         return self._sources is None or link.label is None or link.label in self._sources
 
-    def _accept(self) -> _Pipe:
-        return _Pipe(_Link(None), upstream=False, on_made=self._accepted)
-
     def _accepted(self, link: _Link) -> None:
-        self._links.add(link)
         self.accepted += 1
+        self.changed()
         task = asyncio.get_running_loop().create_task(self._open(link))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -196,7 +359,6 @@ class TcpProxy:
         if self.identify is not None and isinstance(peer, tuple):
             link.label = await asyncio.to_thread(self.identify, (str(peer[0]), int(peer[1])))
         if client.transport.is_closing():
-            self._links.discard(link)
             return
         if self._chosen(link):
             if self._mode == "reset":
@@ -207,7 +369,9 @@ class TcpProxy:
         loop = asyncio.get_running_loop()
         try:
             await loop.create_connection(
-                lambda: _Pipe(link, upstream=True), self.target[0], self.target[1]
+                lambda: _Pipe(link, upstream=True, shape=self._to_client),
+                self.target[0],
+                self.target[1],
             )
         except OSError:
             client.transport.close()
@@ -215,6 +379,8 @@ class TcpProxy:
         if client.transport.is_closing():
             link.close()
             return
+        for pipe in link.pipes():
+            pipe.holds.discard("dial")
         if self._chosen(link):
             link.set_paused(True, self._direction)
         else:
@@ -254,14 +420,33 @@ class TcpProxy:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    def changed(self) -> None:
+        """Wake ``wait_until``: a connection was accepted or one of its sides closed."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_until(self, check: Callable[[TcpProxy], bool]) -> None:
+        """Wait until ``check(self)`` holds, re-checked on every accept and close (callers bound
+        the wait with asyncio.timeout), e.g. ``lambda p: p.open_links == 0``."""
+        while not check(self):
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
     @property
     def open_links(self) -> int:
         return sum(1 for link in self._links if any(not p.closed.done() for p in link.pipes()))
 
     async def aclose(self) -> None:
         """Stop accepting, close every connection and wait until all are gone."""
-        if self._server is not None:
-            self._server.close()
+        if self._serving is not None:
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._serving
+            self._serving = None
+        if self._sock is not None:
+            self._sock.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -272,12 +457,9 @@ class TcpProxy:
             if pipe.transport is not None:
                 await pipe.closed
         self._links.clear()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
 
     async def __aenter__(self) -> TcpProxy:
-        if self._server is None:
+        if self._sock is None:
             await self.start()
         return self
 
