@@ -192,3 +192,34 @@ async def test_five_node_chain_detects_a_crash_and_the_restarted_node_catches_up
         assert len(held) == 4 * 30 + 20
         async with asyncio.timeout(DEADLINE):
             await asyncio.gather(*(wait_state(http, n, victim_id, "alive") for n in others))
+
+
+async def test_chain_of_five_converges_on_identical_events_under_concurrent_publishing(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The swarm issue's acceptance: five nodes in a chain, 50 events published on each, all
+    250 publishes at once; every node ends with the same offsets and the same events."""
+    per_node = 50
+    async with chain(tmp_path, 5) as nodes:
+
+        async def publish_one(i: int, node: NodeProcess, k: int) -> None:
+            data = [{"semantics": "five", "name": f"n{i}", "payload": {"node": i, "k": k}}]
+            assert await http_publish(http, node, data) == 201
+
+        await asyncio.gather(
+            *(publish_one(i, n, k) for k in range(per_node) for i, n in enumerate(nodes))
+        )
+        want = {n.info.node_id: per_node - 1 for n in nodes}
+        async with asyncio.timeout(DEADLINE):
+            held = await asyncio.gather(*(wait_holds(http, n, want) for n in nodes))
+        for node in nodes:
+            assert await http_offsets(http, node) == want
+        assert all(events == held[0] for events in held[1:])
+        # And they are the events published: each source's 50 payloads, once each.
+        assert len(held[0]) == 5 * per_node
+        for i, node in enumerate(nodes):
+            mine = [e for e in held[0] if e["stream"]["source"] == node.info.node_id]
+            assert [e["offset"] for e in mine] == list(range(per_node))
+            assert sorted(e["payload"]["k"] for e in mine) == list(range(per_node))
+            assert {e["payload"]["node"] for e in mine} == {i}
+            assert {e["stream"]["name"] for e in mine} == {f"n{i}"}
