@@ -234,6 +234,20 @@ class Catalog:
                 )
         return True
 
+    def store_replica(self, handle: str, outline: bytes) -> bool:
+        """Make an announced, not yet local row ``local`` with its outline (a verified download).
+
+        Not ``pending``: the blob's metadata event is what made us fetch it. False if the row is
+        missing or already local.
+        """
+        with self._transaction():
+            changed = self._db.execute(
+                "UPDATE blobs SET state = 'local', pending = 0, outline = ? "
+                "WHERE handle = ? AND state != 'local'",
+                (outline, handle),
+            ).rowcount
+        return bool(changed)
+
     def record(self, events: Iterable[MetadataEvent], cursor: dict[str, int]) -> list[str]:
         """Record metadata events (idempotent) and advance the follow cursor, in one transaction.
 
