@@ -43,6 +43,10 @@ PURE_SWARM_MODULES = [
     "views.py",
     "plumtree.py",
     "antientropy.py",
+    "fetcher.py",
+    "fetcher_blob.py",
+    "fetcher_schedule.py",
+    "fetcher_types.py",
 ]
 FORBIDDEN_IN_PURE_SWARM = {"asyncio", "socket", "selectors", "time", "sqlite3", "logging"}
 
