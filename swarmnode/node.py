@@ -25,6 +25,8 @@ from swarmnode.events.log import EventLog
 from swarmnode.identity import load_or_create_identity, load_or_create_swarm_key
 from swarmnode.store.service import BlobService
 from swarmnode.swarm.driver import SwarmDriver, config_from_env
+from swarmnode.swarm.transfer import BlobTransfers
+from swarmnode.swarm.transfer_config import transfer_config_from_env
 from swarmnode.swarm.transport import SwarmTransport
 
 __all__ = ["NODE_FILE", "Node", "NodeAddresses"]
@@ -84,6 +86,9 @@ class Node:
             config=config_from_env(os.environ),
         )
         self.swarm: SwarmTransport = self.driver.transport
+        self.transfers = BlobTransfers(
+            blobs=self.blobs, driver=self.driver, config=transfer_config_from_env(os.environ)
+        )
 
     @property
     def node_id(self) -> str:
@@ -99,6 +104,7 @@ class Node:
             make_blobs_app(self.blobs, self.config), self.config.blobs_api
         )
         swarm = await self.swarm.listen(self.config.listen.host, self.config.listen.port)
+        await self.transfers.start()
         await self.driver.start(swarm, self.config.peers)
         self.addresses = NodeAddresses(_bound(events_site), _bound(blobs_site), swarm)
         self._write_node_file()
@@ -147,6 +153,7 @@ class Node:
         with contextlib.suppress(FileNotFoundError):
             (self.data_dir / NODE_FILE).unlink()
         await self.driver.stop()
+        await self.transfers.stop()
         await self.swarm.close()
         for runner in reversed(self._runners):
             await runner.cleanup()

@@ -19,8 +19,6 @@ and every error has the ``{"error", "errorCode"}`` shape.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 from typing import Any, Final
 
@@ -45,7 +43,7 @@ from swarmnode.store.metadata import (
     is_handle,
     parse_client_metadata,
 )
-from swarmnode.store.service import BlobService, LocalBlob
+from swarmnode.store.service import BlobReader, BlobService
 
 __all__ = ["BLOB_SERVICE", "make_blobs_app", "parse_byte_range"]
 
@@ -242,10 +240,10 @@ async def _serve_blob(
     try:
         return await _send(request, blob)
     finally:
-        blob.file.close()
+        blob.close()
 
 
-async def _send(request: web.Request, blob: LocalBlob) -> web.StreamResponse:
+async def _send(request: web.Request, blob: BlobReader) -> web.StreamResponse:
     etag = f'"{blob.handle}"'
     headers = {hdrs.ETAG: etag, hdrs.ACCEPT_RANGES: "bytes"}
     if_none_match = request.headers.get(hdrs.IF_NONE_MATCH)
@@ -275,35 +273,30 @@ async def _send(request: web.Request, blob: LocalBlob) -> web.StreamResponse:
 
 
 async def _send_bytes(
-    response: web.StreamResponse, blob: LocalBlob, start: int, count: int
+    response: web.StreamResponse, blob: BlobReader, start: int, count: int
 ) -> None:
-    """Read on a worker thread, one piece ahead of the socket.
+    """Read one piece ahead of the socket (the reader works on a thread or waits for a download).
 
     Measured here against ``loop.sendfile`` (what FileResponse uses on asyncio; uvloop has none):
     1 MiB preads overlapped with sending are about twice as fast on both loops. Each piece is a
     fresh bytes object because the transport may keep a reference until it is sent.
     """
     loop = asyncio.get_running_loop()
-    fd = blob.file.fileno()
     end = start + count
     position = start
-    ahead = loop.run_in_executor(None, os.pread, fd, min(_READ_PIECE, end - position), position)
+    ahead = loop.create_task(blob.read(position, min(_READ_PIECE, end - position)))
     try:
         while position < end:
             piece = await ahead
-            if not piece:
-                raise ConnectionResetError("blob file shorter than its catalog size")
             position += len(piece)
             if position < end:
-                ahead = loop.run_in_executor(
-                    None, os.pread, fd, min(_READ_PIECE, end - position), position
-                )
+                ahead = loop.create_task(blob.read(position, min(_READ_PIECE, end - position)))
             await response.write(piece)
     finally:
-        # The caller closes the file: never while a read on it may still run.
+        # The caller closes the blob: never while a read on it may still run.
         if not ahead.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(ahead)
+            ahead.cancel()  # reads are cancel-safe (BlobReader): no work is left on the file
+            await asyncio.wait([ahead])
 
 
 def make_blobs_app(service: BlobService, config: Config) -> web.Application:

@@ -171,6 +171,15 @@ class Catalog:
         cur = self._db.execute("SELECT handle FROM blobs WHERE state = ?", (state,))
         return [h for (h,) in cur.fetchall()]
 
+    def rows_in_state(self, state: BlobState) -> list[BlobRow]:
+        """Rows in ``state``, oldest announcement first (replication fetches in that order)."""
+        cur = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM blobs WHERE state = ? "
+            "ORDER BY latest_lamport, latest_source",
+            (state,),
+        )
+        return [_row(r) for r in cur.fetchall()]
+
     def pending_handles(self) -> list[str]:
         return [h for (h,) in self._db.execute("SELECT handle FROM blobs WHERE pending = 1")]
 

@@ -8,16 +8,20 @@ An upload: ``begin_upload()`` → ``write`` the bytes (any size of pieces) → `
 seals the temp file, renames it into ``data/``, commits the catalog row, publishes the metadata
 event, records it, and only then returns the handle (the HTTP app answers 201 after that).
 
-Blob replication (a later issue) plugs in here:
+Blob replication (``swarmnode/swarm/transfer.py``) plugs in here:
 
-- ``fetch(row)`` is the hook a ``GET`` calls for a blob known from its metadata but not local; it
-  raises ``BlobNotAvailable`` until replication fetches from peers (and then streams the verified
-  prefix of a download in progress).
-- ``wanted()`` lists blobs to fetch (state ``remote``: size, chunk size and outline root in each
-  row); ``outline(handle)`` serves the outline of a local blob to peers; downloads are assembled in
-  ``partial_path(handle)`` (+ ``.bitmap`` for verified chunks), which ``recover`` leaves alone.
-  A complete, verified download is installed like an upload (rename into ``data/``, then the row
-  becomes ``local``); see maintenance.py for the ordering that makes that crash-safe.
+- ``add_listener(fn)``: ``fn()`` runs after every batch of metadata events is recorded and after
+  every retention pass, so replication reconciles what it fetches with ``wanted_rows()`` (state
+  ``remote``: size, chunk size, outline root and the announcing node in each row).
+- ``fetcher``: what ``fetch(row)`` calls for a ``GET`` of a blob known but not local; replication
+  sets it to start (or join) the download with priority and return a reader that streams the
+  verified prefix as it grows. Unset, ``fetch`` raises ``BlobNotAvailable``.
+- ``outline(handle)`` serves the outline of a local blob to peers; downloads are assembled in
+  ``partial/`` (partial.py), which ``recover`` leaves alone, and ``install_replica`` makes a
+  complete, verified download local (maintenance.py has the crash-safe ordering).
+
+Readers (``BlobReader``): ``read(offset, length)`` returns the next bytes at ``offset`` (at most
+``length``, at least one), waiting for them if the blob is still arriving; ``close()`` at the end.
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 
 from protocol.eventchain import EventRecord
 from swarmnode.config import Config
@@ -60,7 +64,10 @@ from swarmnode.store.metadata import (
     parse_metadata_event,
 )
 
-__all__ = ["BlobService", "LocalBlob"]
+if TYPE_CHECKING:
+    from swarmnode.store.partial import PartialBlob
+
+__all__ = ["BlobReader", "BlobService", "LocalBlob"]
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +79,50 @@ _FOLLOW_QUEUE = 4096
 _INGEST_THREADS = 4
 
 
+class BlobReader(Protocol):
+    """An open blob for one response: complete (``LocalBlob``) or still arriving."""
+
+    handle: str
+    size: int
+    content_type: str
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Bytes from ``offset``: at least one, at most ``length`` (waits if they are not here).
+
+        Cancel-safe: once a cancelled read returns, it does no more work on the blob.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class LocalBlob:
-    """An open, complete local blob; the caller closes ``file`` (opened unbuffered)."""
+    """An open, complete local blob; ``close()`` it (``file`` is opened unbuffered)."""
 
     handle: str
     size: int
     content_type: str
     file: BinaryIO
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """``pread`` on a worker thread; raises ``ConnectionResetError`` if the file is short.
+
+        Cancel-safe: a cancelled read still waits for its thread, so ``close()`` never races it.
+        """
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, os.pread, self.file.fileno(), length, offset)
+        try:
+            piece = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await asyncio.wait([job])
+            raise
+        if not piece:
+            raise ConnectionResetError("blob file shorter than its catalog size")
+        return piece
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class BlobService:
@@ -116,6 +159,10 @@ class BlobService:
         self.retention_deleted = 0
         self._followed: dict[str, int] = {}
         self._followed_changed = asyncio.Condition()
+        self._listeners: list[Callable[[], None]] = []
+        self._local_listeners: list[Callable[[str, int, int, bool], None]] = []
+        self.fetcher: Callable[[BlobRow], Awaitable[BlobReader]] | None = None
+        """Set by blob replication: how ``fetch`` gets a blob that is not local."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -218,6 +265,7 @@ class BlobService:
             log.info("blob.announced", extra={"handles": new[:10], "count": len(new)})
         if events:
             self._request_retention()
+            self._notify()
         async with self._followed_changed:
             for source, offset in cursor.items():
                 self._followed[source] = max(self._followed.get(source, -1), offset)
@@ -302,6 +350,7 @@ class BlobService:
         handle = await self._db(maintenance.install_blob, self.layout, self.catalog, ingested)
         row = await self._db(self.catalog.get, handle)
         assert row is not None
+        self._local_changed(handle, row.size, row.chunk_size, True)
         payload = build_payload(
             handle=handle,
             created_on_us=int(self._clock() * 1_000_000),
@@ -336,7 +385,7 @@ class BlobService:
         """The raw catalog row, announced or not (diagnostics and replication)."""
         return await self._db(self.catalog.get, handle)
 
-    async def open_blob(self, handle: str) -> LocalBlob:
+    async def open_blob(self, handle: str) -> BlobReader:
         """Open a blob's bytes for reading.
 
         Raises ``UnknownBlob`` (no announcement here), ``BlobDeleted`` (retention removed the
@@ -358,14 +407,26 @@ class BlobService:
             raise BlobDeleted(handle) from None  # retention removed it since the lookup
         return LocalBlob(handle, row.size, row.content_type or "application/octet-stream", file)
 
-    async def fetch(self, row: BlobRow) -> LocalBlob:
-        """Hook for blob replication: get a non-local blob's bytes from peers.
+    async def fetch(self, row: BlobRow) -> BlobReader:
+        """A reader for a blob that is not local: ``fetcher``'s (module docstring), else
+        ``BlobNotAvailable``."""
+        if self.fetcher is None:
+            raise BlobNotAvailable(row.handle)
+        return await self.fetcher(row)
 
-        There are no peers yet, so it raises ``BlobNotAvailable``. The replication issue replaces
-        this with: start (or join) the download of ``row`` into ``partial_path``, then return a
-        reader that streams the verified prefix as it grows.
-        """
-        raise BlobNotAvailable(row.handle)
+    async def open_local(self, handle: str) -> LocalBlob | None:
+        """The complete local bytes of ``handle``, or ``None`` if they are not (any more) here."""
+        row = await self.lookup(handle)
+        if row is None or row.state != "local":
+            return None
+        path = self.layout.data_path(hex_of_handle(handle))
+        try:
+            file = await asyncio.get_running_loop().run_in_executor(
+                self._io_threads, _open_unbuffered, path
+            )
+        except FileNotFoundError:
+            return None
+        return LocalBlob(handle, row.size, row.content_type or "application/octet-stream", file)
 
     async def metadata(self, handle: str) -> dict[str, Any] | None:
         """The newest metadata event payload of ``handle`` plus where its bytes are, or ``None``.
@@ -390,9 +451,54 @@ class BlobService:
 
     # -- replication hooks ---------------------------------------------------------------------
 
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each recorded batch of metadata events and retention pass."""
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("blob.listener_failed")
+
     async def wanted(self) -> list[str]:
         """Handles announced and retained but not local: what replication should fetch."""
         return await self._db(self.catalog.handles_in_state, "remote")
+
+    async def wanted_rows(self) -> list[BlobRow]:
+        """The rows of ``wanted()``, oldest announcement first."""
+        return await self._db(self.catalog.rows_in_state, "remote")
+
+    async def install_replica(self, partial: PartialBlob) -> None:
+        """Make a finished, verified download local (maintenance.install_replica)."""
+        await self._db(maintenance.install_replica, self.layout, self.catalog, partial)
+        log.debug("blob.replica_installed", extra={"handle": partial.handle})
+        self._local_changed(partial.handle, partial.size, partial.chunk_size, True)
+        self._notify()
+
+    def add_local_listener(self, listener: Callable[[str, int, int, bool], None]) -> None:
+        """Call ``listener(handle, size, chunk_size, present)`` when a blob's complete bytes
+        arrive here (an upload, before its metadata event is published; an installed replica) and
+        when retention deletes them (``present`` False, sizes 0): serving peers needs to know
+        what is local without a catalog round trip per request."""
+        self._local_listeners.append(listener)
+
+    def _local_changed(self, handle: str, size: int, chunk_size: int, present: bool) -> None:
+        for listener in self._local_listeners:
+            try:
+                listener(handle, size, chunk_size, present)
+            except Exception:
+                log.exception("blob.listener_failed")
+
+    async def local_rows(self) -> list[BlobRow]:
+        """Every blob whose complete bytes are here."""
+        return await self._db(self.catalog.rows_in_state, "local")
+
+    async def io(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking file work on the store's I/O threads."""
+        assert self._io_threads is not None, "BlobService is not started"
+        return await asyncio.get_running_loop().run_in_executor(self._io_threads, fn, *args)
 
     async def outline(self, handle: str) -> bytes | None:
         """The outline of a local blob, to serve to peers (``None`` if the bytes are not here)."""
@@ -433,6 +539,9 @@ class BlobService:
                 async with self._retention_changed:
                     self._retention_done = max(self._retention_done, target)
                     self._retention_changed.notify_all()
+        for handle in deleted:
+            self._local_changed(handle, 0, 0, False)
+        self._notify()
         if deleted:
             self.retention_deleted += len(deleted)
             log.info(

@@ -39,7 +39,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from protocol.codec import decode, encode
 from protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -58,6 +58,16 @@ from protocol.messages import (
     SendableMessage,
 )
 from protocol.messages_base import Address, PeerInfo
+from protocol.messages_transfer import (
+    Cancel,
+    ChunkData,
+    DontHave,
+    HaveBitmap,
+    HaveUpdate,
+    Outline,
+    RequestChunks,
+    RequestOutline,
+)
 from swarmnode.config import HostPort
 from swarmnode.events.log import EventLog
 from swarmnode.identity import Identity
@@ -83,8 +93,10 @@ from swarmnode.swarm.views import ActivePeerAdded, ActivePeerRemoved
 __all__ = [
     "PROBE_PERIOD_ENV",
     "REPLICATION_MESSAGES",
+    "TRANSFER_MESSAGES",
     "DriverConfig",
     "SwarmDriver",
+    "TransferHooks",
     "config_from_env",
 ]
 
@@ -93,7 +105,32 @@ log = logging.getLogger(__name__)
 REPLICATION_MESSAGES: Final = (EventBatch, EventIds, Graft, Prune, OffsetMap, RequestRange)
 """Message types for the dissemination machine (SPEC §7.4); the rest go to membership."""
 
+TRANSFER_MESSAGES: Final = (
+    RequestOutline,
+    Outline,
+    RequestChunks,
+    ChunkData,
+    HaveBitmap,
+    HaveUpdate,
+    Cancel,
+    DontHave,
+)
+"""Message types for blob transfer (SPEC §7.5)."""
+
 AGENT: Final = "swarmnode/0.1.0"
+
+
+class TransferHooks(Protocol):
+    """Blob transfer as the driver sees it (``swarm/transfer.py``): connected peers and their
+    transfer messages. A peer is up from its first connection past Hello until its last closes."""
+
+    def peer_up(self, peer: str) -> None: ...
+
+    def peer_down(self, peer: str) -> None: ...
+
+    def handle_message(self, peer: str, msg: Message) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -161,10 +198,14 @@ class SwarmDriver:
             counters=self.counters,
             touch=self._touch,
         )
+        self.transfers: TransferHooks | None = None
+        """Blob transfer, set before ``start`` (the node does); without it transfer messages are
+        dropped."""
         self._routes: tuple[tuple[tuple[type, ...], Callable[[PeerConnection, Any], None]], ...] = (
             ((Hello,), self._on_second_hello),
             ((Error,), self._on_error),
             (REPLICATION_MESSAGES, self._to_dissemination),
+            (TRANSFER_MESSAGES, self._to_transfers),
             ((object,), self._to_membership),
         )
 
@@ -275,7 +316,12 @@ class SwarmDriver:
         link = _Link(conn, self.loop.create_future())
         link.timer = self.loop.call_later(self.config.hello_timeout_s, self._hello_timed_out, conn)
         self._links[conn] = link
-        conn.send_frames(self._hello)
+        try:
+            conn.send_frames(self._hello)
+        except (ConnectionError, LocalProtocolError):
+            # The peer hung up during the handshake's last flight (it refuses us, or it is
+            # going): its disconnect, which follows, cleans up.
+            self.counters["closed_before_hello"] += 1
 
     def frame_received(self, conn: PeerConnection, body: bytes | bytearray) -> None:
         link = self._links.get(conn)
@@ -317,6 +363,8 @@ class SwarmDriver:
             return
         del self._peers[peer]
         log.info("peer.down", extra={"node_id": peer, "code": None if code is None else int(code)})
+        if self.transfers is not None:
+            self.transfers.peer_down(peer)
         self.membership.handle_disconnected(self.loop.time(), peer)
         self._pump()
 
@@ -345,6 +393,8 @@ class SwarmDriver:
         if len(conns) == 1:
             log.info("peer.up", extra={"node_id": peer, "remote": str(conn.remote)})
             self.membership.handle_connected(self.loop.time(), peer, info)
+            if self.transfers is not None:
+                self.transfers.peer_up(peer)
             return
         # A duplicate: the dialler of each losing connection closes it (module docstring).
         for loser in conns[1:]:
@@ -383,6 +433,24 @@ class SwarmDriver:
         peer = conn.peer_node_id
         if not self._serving.admit(peer, msg):
             self.dissemination.handle_message(self.loop.time(), peer, msg)
+
+    def _to_transfers(self, conn: PeerConnection, msg: Message) -> None:
+        if self.transfers is not None:
+            self.transfers.handle_message(conn.peer_node_id, msg)
+
+    def send_messages(self, peer: str, msgs: Sequence[SendableMessage]) -> None:
+        """Send to ``peer`` through its outbox (dropped, counted, if it is not connected)."""
+        bodies = [b for b in map(self._encode, msgs) if b is not None]
+        if bodies and self._running:
+            self._send(peer, bodies)
+
+    def outbox_of(self, peer: str) -> Outbox | None:
+        """The send queue towards ``peer`` (its ``congested`` flag gates bulk sends)."""
+        return self._outbox_of(peer)
+
+    def penalise(self, peer: str, code: ErrorCode | int, reason: str) -> None:
+        """Close ``peer``'s connections and refuse it for a while (``penalties.py``)."""
+        self._penalise(peer, code, reason)
 
     def _serve_parked(self, peer: str, msg: Message) -> None:
         """A parked serving request whose wait is over (``serving.py``)."""

@@ -54,6 +54,7 @@ def snapshot(driver: SwarmDriver) -> dict[str, Any]:
         commit_failures=store.commit_failures,
     )
     address = driver.transport.address
+    transfers = {} if driver.transfers is None else driver.transfers.status()
     return {
         "nodeId": driver.node_id,
         "generation": driver.generation,
@@ -64,6 +65,7 @@ def snapshot(driver: SwarmDriver) -> dict[str, Any]:
         "membership": membership.statistics(),
         "dissemination": {k: v for k, v in dataclasses.asdict(dstats).items() if k != "lag"},
         "counters": counters,
+        **transfers,
     }
 
 

@@ -47,8 +47,13 @@ async def service(root: Path, events: FakeEventLog, clock: Clock) -> AsyncIterat
 
 async def read_all(service: BlobService, handle: str) -> bytes:
     blob = await service.open_blob(handle)
-    with blob.file:
-        return blob.file.read()
+    try:
+        pieces: list[bytes] = []
+        while (done := sum(map(len, pieces))) < blob.size:
+            pieces.append(await blob.read(done, blob.size - done))
+        return b"".join(pieces)
+    finally:
+        blob.close()
 
 
 def metadata_payloads(events: FakeEventLog) -> list[dict[str, object]]:

@@ -1,0 +1,629 @@
+"""Blob replication on a node: every announced blob is fetched from peers, verified, installed.
+
+This is the asyncio side of the transfer protocol (SPEC §7.5); the decisions live in two places
+it drives: the ``Fetcher`` machine (what to request from whom: striping, rarest first, endgame,
+timeouts) and the ``ChunkServer`` (answering peers fairly). What stays here is I/O and lifecycle:
+
+- **What to fetch**: the blob store's ``remote`` rows (announced, retained, not local). The store
+  calls back after each batch of metadata events and each retention pass; we reconcile: new rows
+  are queued in announcement order, at most ``max_active`` have an open partial file at once;
+  rows that left ``remote`` because retention dropped them are cancelled and their partial files
+  deleted. Downloads found on disk at start resume from their persisted bitmap.
+- **Writes**: the fetcher hands over each arriving chunk with the digest the outline promises; a
+  worker thread verifies and writes it (``PartialBlob.write_chunk``) and the outcome goes back to
+  the fetcher (stored / rejected: the peer is struck / failed: the disk is full). Stored chunks are
+  announced to interested peers (HaveUpdate), so a node serves a blob while still fetching it.
+- **Durability**: each download's bitmap is persisted every ``flush_interval_s`` (content
+  fdatasync first), so a crash loses at most that much work. A complete download is checked
+  against its handle and installed like an upload.
+- **Disk full**: fetching pauses (reported in status), free space is checked every
+  ``disk_retry_s``, fetching resumes when it returns; nothing stored is touched.
+- **HTTP**: ``open_reader`` is the blob store's ``fetcher`` hook: a GET for a blob still arriving
+  starts (or joins) its download with priority and streams the verified prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from protocol.errors import ErrorCode
+from protocol.messages import Message, SendableMessage
+from protocol.messages_transfer import Cancel, RequestChunks, RequestOutline
+from swarmnode.store.catalog import BlobRow
+from swarmnode.store.errors import DiskFull
+from swarmnode.store.metadata import hex_of_handle
+from swarmnode.store.partial import PartialBlob, discard_partial, partial_handles
+from swarmnode.store.service import BlobReader, BlobService
+from swarmnode.swarm.chunkserver import ChunkServer
+from swarmnode.swarm.driver import SwarmDriver
+from swarmnode.swarm.fetcher import (
+    BlobSpec,
+    FetchComplete,
+    Fetcher,
+    OutlineVerified,
+    WriteChunk,
+)
+from swarmnode.swarm.plumtree import PeerMisbehaved
+from swarmnode.swarm.transfer_config import TransferConfig
+from swarmnode.swarm.transfer_download import Download, GrowingBlob, digest_of
+from swarmnode.swarm.transfer_source import LocalChunks
+
+__all__ = ["BlobTransfers"]
+
+log = logging.getLogger(__name__)
+
+_SERVER_MESSAGES = (RequestOutline, RequestChunks, Cancel)
+# A long download logs its progress this often (operators watch big transfers in the log).
+_PROGRESS_LOG_S = 2.0
+
+
+class BlobTransfers:
+    """See the module docstring. Create it before the driver starts, ``await start()`` after the
+    blob store started and before the driver does; ``await stop()`` after the driver stopped."""
+
+    def __init__(
+        self, *, blobs: BlobService, driver: SwarmDriver, config: TransferConfig | None = None
+    ) -> None:
+        self.config = config or TransferConfig()
+        self._blobs = blobs
+        self._driver = driver
+        self._fetcher = Fetcher(self.config.fetcher)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._source = LocalChunks(blobs, self._download_of)
+        self._server = ChunkServer(
+            self._source,
+            send=driver.send_messages,
+            outbox_of=driver.outbox_of,
+            counters=self.counters,
+        )
+        self._active: dict[bytes, Download] = {}
+        self._queue: dict[bytes, Download] = {}
+        self._failed: set[bytes] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writer: ThreadPoolExecutor | None = None
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._running = False
+        self._first_reconcile = True
+        self.disk_full = False
+        driver.transfers = self
+
+    def _download_of(self, digest: bytes) -> Download | None:
+        return self._active.get(digest)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    async def start(self) -> None:
+        self._writer = ThreadPoolExecutor(
+            self.config.write_threads, thread_name_prefix="blob-fetch"
+        )
+        self._running = True
+        self._blobs.add_local_listener(self._on_local)
+        await self._source.load()
+        self._blobs.add_listener(self._wake.set)
+        self._blobs.fetcher = self.open_reader
+        self._spawn(self._server.run())
+        self._spawn(self._reconcile_loop())
+        self._spawn(self._flush_loop())
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop fetching and serving, persist every download's bitmap, close partial files."""
+        self._running = False
+        self._blobs.fetcher = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for download in list(self._active.values()):
+            await download.idle.wait()
+            partial = download.partial
+            if partial is not None and not download.done and not download.gone:
+                try:
+                    await self._blobs.io(_flush_and_close, partial)
+                except OSError as exc:
+                    log.warning(
+                        "blob.flush_failed", extra={"handle": download.handle, "error": str(exc)}
+                    )
+        self._active.clear()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.shutdown)
+            self._writer = None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "blob.transfer_task_failed",
+                exc_info=task.exception(),
+                extra={"task": task.get_name()},
+            )
+
+    def _on_local(self, handle: str, size: int, chunk_size: int, present: bool) -> None:
+        """The store gained (upload, installed replica) or lost (retention) a complete blob."""
+        self._source.note_local(handle, size, chunk_size, present)
+        if present and self._running:
+            self._server.blob_completed(digest_of(handle))  # peers waiting on it learn now
+
+    # ---- the driver's hooks (TransferHooks) --------------------------------------------------
+
+    def peer_up(self, peer: str) -> None:
+        if self._running:
+            self._fetcher.peer_up(self.loop.time(), peer)
+            self._pump()
+
+    def peer_down(self, peer: str) -> None:
+        self._server.peer_down(peer)
+        if self._running:
+            self._fetcher.peer_down(self.loop.time(), peer)
+            self._pump()
+
+    def handle_message(self, peer: str, msg: Message) -> None:
+        if not self._running:
+            return
+        if isinstance(msg, _SERVER_MESSAGES):
+            self._server.handle_message(peer, msg)
+            return
+        self._fetcher.handle_message(self.loop.time(), peer, msg)  # type: ignore[arg-type]
+        self._pump()
+
+    # ---- the fetcher machine -----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if not self._running:
+            return
+        fx = self._fetcher.drain()
+        by_peer: dict[str, list[SendableMessage]] = {}
+        for peer, msg in fx.sends:
+            by_peer.setdefault(peer, []).append(msg)
+        for peer, msgs in by_peer.items():
+            self._driver.send_messages(peer, msgs)
+        for notice in fx.notices:
+            match notice:
+                case WriteChunk():
+                    self._write(notice)
+                case OutlineVerified(handle=digest, outline=outline):
+                    self._save_outline(digest, outline)
+                case FetchComplete(handle=digest):
+                    download = self._active.get(digest)
+                    if download is not None and not download.finishing:
+                        download.finishing = True
+                        self._spawn(self._complete(download))
+                case PeerMisbehaved(peer=peer, reason=reason):
+                    self.counters["peersPenalised"] += 1
+                    self._driver.penalise(peer, ErrorCode.BAD_DATA, reason)
+        self._arm(fx.deadline)
+        self._driver_touch()
+
+    def _arm(self, deadline: float | None) -> None:
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        deadline, self._timer, self._timer_at = self._timer_at, None, None
+        if self._running:
+            self._fetcher.handle_timer(max(self.loop.time(), deadline or 0.0))
+            self._pump()
+
+    def _prioritize(self, download: Download, offset: int) -> None:
+        if not download.priority:
+            download.priority = True
+            self._driver_touch()
+        if download.partial is not None and not download.done:
+            chunk = download.row.chunk_size
+            self._fetcher.prioritize(self.loop.time(), download.digest, offset // chunk)
+            self._pump()
+
+    def _driver_touch(self) -> None:
+        self._driver._touch()
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def _write(self, notice: WriteChunk) -> None:
+        download = self._active.get(notice.handle)
+        now = self.loop.time()
+        if download is None or download.partial is None or download.gone:
+            self._fetcher.chunk_failed(now, notice.handle, notice.index)
+            return
+        assert self._writer is not None
+        download.write_started()
+        self.counters["bytesReceived"] += len(notice.data)
+        job = self._writer.submit(
+            download.partial.write_chunk, notice.index, notice.data, notice.digest
+        )
+        loop = self.loop  # the callback runs on the worker thread
+        job.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._written, download, notice, done)
+        )
+
+    def _written(self, download: Download, notice: WriteChunk, job: Future[bool]) -> None:
+        download.write_ended()
+        if not self._running or download.gone:
+            return
+        now = self.loop.time()
+        exc = job.exception()
+        if isinstance(exc, DiskFull):
+            self._fetcher.chunk_failed(now, notice.handle, notice.index)
+            self._disk_is_full(str(exc))
+        elif exc is not None:
+            log.error(
+                "blob.write_failed",
+                exc_info=exc,
+                extra={"handle": download.handle, "index": notice.index},
+            )
+            self._fetcher.chunk_failed(now, notice.handle, notice.index)
+        elif job.result():
+            self._fetcher.chunk_stored(now, notice.handle, notice.index)
+            self._server.chunks_verified(notice.handle, (notice.index,))
+            partial = download.partial
+            if partial is not None:
+                download.sample(partial.verified_bytes)
+                self._log_progress(download, partial.verified_bytes)
+            download.pulse()
+        else:
+            self.counters["badChunks"] += 1
+            log.warning(
+                "blob.bad_chunk",
+                extra={"handle": download.handle, "index": notice.index, "node_id": notice.peer},
+            )
+            self._fetcher.chunk_rejected(now, notice.handle, notice.index, notice.peer)
+        self._pump()
+
+    def _log_progress(self, download: Download, stored: int) -> None:
+        now = time.monotonic()
+        if now - download.logged_at < _PROGRESS_LOG_S:
+            return
+        download.logged_at = now
+        log.info(
+            "blob.fetch_progress",
+            extra={
+                "handle": download.handle,
+                "storedBytes": stored,
+                "size": download.row.size,
+                "rateBytesPerS": round(download.rate()),
+            },
+        )
+
+    def _save_outline(self, digest: bytes, outline: bytes) -> None:
+        download = self._active.get(digest)
+        if download is None or download.partial is None:
+            return
+        download.outline = outline
+        self._spawn(self._persist_outline(download, download.partial, outline))
+
+    async def _persist_outline(
+        self, download: Download, partial: PartialBlob, outline: bytes
+    ) -> None:
+        async with download.lock:  # never beside a flush, a finish or another outline write
+            if partial.outline is None and not download.gone:
+                await self._blobs.io(partial.set_outline, outline)
+
+    # ---- completion --------------------------------------------------------------------------
+
+    async def _complete(self, download: Download) -> None:
+        partial = download.partial
+        assert partial is not None
+        async with download.lock:
+            await download.idle.wait()
+            if download.gone:
+                return
+            if partial.outline is None:  # its persisting task may not have run yet
+                outline = download.outline if download.row.size else b""
+                assert outline is not None, "a complete download has a verified outline"
+                await self._blobs.io(partial.set_outline, outline)
+            ok = await self._blobs.io(partial.finish)
+            if not ok:
+                log.error("blob.content_mismatch", extra={"handle": download.handle})
+                download.failed = "content does not match its handle"
+                self._failed.add(download.digest)
+                await self._blobs.io(partial.discard)
+                self._finish(download)
+                return
+            try:
+                await self._blobs.install_replica(partial)
+            except DiskFull as exc:
+                # install_replica put the file back into partial/ and closed it: start over
+                # from the persisted bitmap (every chunk) once space returns.
+                self._fetcher.remove(self.loop.time(), download.digest)
+                self._active.pop(download.digest, None)
+                download.partial, download.finishing = None, False
+                self._queue = {download.digest: download, **self._queue}
+                self._disk_is_full(str(exc))
+                return
+        download.done = True
+        seconds = time.monotonic() - download.started
+        progress = self._fetcher.progress(download.digest)
+        self.counters["completed"] += 1
+        log.info(
+            "blob.fetched",
+            extra={
+                "handle": download.handle,
+                "bytes": download.row.size,
+                "seconds": round(seconds, 3),
+                "peers": list(progress.peers_used) if progress else [],
+                "duplicateBytes": progress.duplicate_bytes if progress else 0,
+            },
+        )
+        self._finish(download)
+
+    def _finish(self, download: Download) -> None:
+        """Forget a download that completed, failed or was dropped; start the next one."""
+        progress = self._fetcher.progress(download.digest)
+        if progress is not None:
+            self.counters["duplicateBytes"] += progress.duplicate_bytes
+        self._fetcher.remove(self.loop.time(), download.digest)
+        self._active.pop(download.digest, None)
+        download.pulse()
+        self._start_next()
+        self._pump()
+
+    # ---- what to fetch -----------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._reconcile()
+            except Exception:
+                log.exception("blob.reconcile_failed")
+
+    async def _reconcile(self) -> None:
+        rows = await self._blobs.wanted_rows()
+        wanted = {digest_of(r.handle): r for r in rows}
+        if self._first_reconcile:
+            self._first_reconcile = False
+            await self._drop_stray_partials(wanted)
+        for digest, download in list(self._queue.items()):
+            if digest not in wanted:
+                del self._queue[digest]
+                download.gone = True
+                download.pulse()
+        for digest, download in list(self._active.items()):
+            if digest not in wanted and not download.finishing and not download.done:
+                self._drop(download, deleted=not self._source.is_local(digest))
+        for digest, row in wanted.items():
+            known = digest in self._active or digest in self._queue or digest in self._failed
+            if not known:
+                self._queue[digest] = Download(row, digest)
+        self._start_next()
+
+    async def _drop_stray_partials(self, wanted: dict[bytes, BlobRow]) -> None:
+        """Delete partial downloads of blobs no longer wanted (deleted or installed meanwhile)."""
+        partial_dir = self._blobs.layout.partial
+        for handle in await self._blobs.io(partial_handles, partial_dir):
+            if digest_of(handle) not in wanted:
+                await self._blobs.io(discard_partial, partial_dir, handle)
+                log.info("blob.partial_discarded", extra={"handle": handle})
+
+    def _drop(self, download: Download, *, deleted: bool) -> None:
+        """Stop fetching a blob that is no longer wanted and delete its partial file: retention
+        removed it (``deleted``: queued requests for it are answered DontHave), or an upload of
+        the same bytes made it local meanwhile (readers switch to the local file)."""
+        if deleted:
+            download.gone = True
+            self._server.blob_removed(download.digest)
+            self._source.forget(download.digest)
+        else:
+            download.done = download.replaced = True
+        log.info(
+            "blob.fetch_dropped",
+            extra={"handle": download.handle, "reason": "deleted" if deleted else "local"},
+        )
+        self._finish(download)
+        self._spawn(self._discard(download))
+
+    async def _discard(self, download: Download) -> None:
+        partial = download.partial
+        async with download.lock:
+            await download.idle.wait()
+            if partial is not None:
+                await self._blobs.io(partial.discard)
+
+    def _start_next(self) -> None:
+        if not self._running or self.disk_full:
+            return
+        queue = self._queue
+        while queue and len(self._active) < self.config.max_active:
+            digest = next((d for d, dl in queue.items() if dl.priority), next(iter(queue)))
+            self._begin(queue.pop(digest))
+
+    def _begin(self, download: Download) -> None:
+        self._active[download.digest] = download
+        self._spawn(self._open(download))
+
+    async def _open(self, download: Download) -> None:
+        row = download.row
+        try:
+            partial = await self._blobs.io(
+                _open_partial, self._blobs.layout.partial, row, self.config.flush_interval_s
+            )
+        except DiskFull as exc:
+            self._active.pop(download.digest, None)
+            self._queue = {download.digest: download, **self._queue}
+            self._disk_is_full(str(exc))
+            return
+        if download.gone or not self._running:
+            await self._blobs.io(partial.close)
+            return
+        download.partial = partial
+        download.resumed_bytes = partial.verified_bytes
+        self.counters["resumedBytes"] += partial.verified_bytes
+        have = partial.have_bitmap() if partial.verified_chunks else None
+        spec = BlobSpec(
+            handle=download.digest,
+            size=row.size,
+            chunk_size=row.chunk_size,
+            outline_root=row.outline_root,
+            origin=row.latest_source,
+        )
+        self._fetcher.add(
+            self.loop.time(), spec, outline=partial.outline, have=have, priority=download.priority
+        )
+        log.info(
+            "blob.fetch_started",
+            extra={"handle": row.handle, "size": row.size, "resumedBytes": download.resumed_bytes},
+        )
+        download.pulse()
+        self._pump()
+
+    # ---- durability and disk space -----------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        interval = self.config.flush_interval_s
+        while True:
+            await asyncio.sleep(min(interval / 4, 0.25))
+            now = time.monotonic()
+            for download in list(self._active.values()):
+                partial = download.partial
+                if partial is None or download.gone or download.finishing or download.lock.locked():
+                    continue
+                if partial.flush_due(now):
+                    async with download.lock:
+                        try:
+                            await self._blobs.io(partial.flush)
+                        except DiskFull as exc:
+                            self._disk_is_full(str(exc))
+                        except OSError as exc:
+                            log.error(
+                                "blob.flush_failed",
+                                extra={"handle": download.handle, "error": str(exc)},
+                            )
+
+    def _disk_is_full(self, reason: str) -> None:
+        if self.disk_full:
+            return
+        self.disk_full = True
+        self.counters["diskFullPauses"] += 1
+        self._fetcher.pause(self.loop.time())
+        log.warning("blob.fetch_paused", extra={"reason": "disk full", "error": reason})
+        self._driver_touch()
+        self._spawn(self._await_space())
+
+    async def _await_space(self) -> None:
+        path = self._blobs.layout.partial
+        needed = self.config.disk_headroom_bytes
+        while True:
+            await asyncio.sleep(self.config.disk_retry_s)
+            stat = await self._blobs.io(os.statvfs, path)
+            if stat.f_bavail * stat.f_frsize >= needed:
+                break
+        self.disk_full = False
+        self._fetcher.resume(self.loop.time())
+        log.info("blob.fetch_resumed")
+        self._start_next()
+        self._pump()
+
+    # ---- HTTP --------------------------------------------------------------------------------
+
+    async def open_reader(self, row: BlobRow) -> BlobReader:
+        """The blob store's ``fetcher`` hook (module docstring)."""
+        digest = digest_of(row.handle)
+        download = self._active.get(digest) or self._queue.pop(digest, None)
+        if download is None:
+            local = await self._blobs.open_local(row.handle)
+            if local is not None:
+                return local
+            download = Download(row, digest)
+        download.priority = True
+        if digest not in self._active:
+            self._begin(download)
+        elif download.partial is not None:
+            self._fetcher.prioritize(self.loop.time(), digest, 0)
+            self._pump()
+        hex_handle = hex_of_handle(row.handle)
+        layout = self._blobs.layout
+        return GrowingBlob(
+            download,
+            content_type=row.content_type or "application/octet-stream",
+            paths=(layout.partial_path(hex_handle), layout.data_path(hex_handle)),
+            prioritize=self._prioritize,
+        )
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Downloads in flight, totals and the disk-full flag (``GET /api/v1/node/status``)."""
+        transfers = []
+        in_flight_duplicates = 0
+        for download in self._active.values():
+            progress = self._fetcher.progress(download.digest)
+            partial = download.partial
+            state = "paused" if self.disk_full else "fetching"
+            if progress is None or not progress.providers:
+                state = "paused" if self.disk_full else "waiting"
+            in_flight_duplicates += progress.duplicate_bytes if progress else 0
+            transfers.append(
+                {
+                    "handle": download.handle,
+                    "size": download.row.size,
+                    "chunkCount": progress.chunk_count if progress else None,
+                    "storedChunks": progress.stored_chunks if progress else 0,
+                    "storedBytes": progress.stored_bytes if progress else 0,
+                    "durableBytes": partial.durable_bytes if partial else 0,
+                    "bytesReceived": progress.bytes_received if progress else 0,
+                    "duplicateBytes": progress.duplicate_bytes if progress else 0,
+                    "peersUsed": list(progress.peers_used) if progress else [],
+                    "providers": list(progress.providers) if progress else [],
+                    "rateBytesPerS": round(download.rate(), 1),
+                    "priority": download.priority,
+                    "state": state,
+                }
+            )
+        served = self._server.status()
+        totals = {
+            "completed": self.counters["completed"],
+            "bytesReceived": self.counters["bytesReceived"],
+            "duplicateBytes": self.counters["duplicateBytes"] + in_flight_duplicates,
+            "bytesServed": served.get("bytesServed", 0),
+            "chunksServed": served.get("chunksServed", 0),
+            "badChunks": self.counters["badChunks"],
+            "resumedBytes": self.counters["resumedBytes"],
+            "queued": len(self._queue),
+        }
+        return {"transfers": transfers, "transferTotals": totals, "diskFull": self.disk_full}
+
+
+def _open_partial(partial_dir: Any, row: BlobRow, flush_interval_s: float) -> PartialBlob:
+    return PartialBlob.open(
+        partial_dir,
+        row.handle,
+        size=row.size,
+        chunk_size=row.chunk_size,
+        outline_root=row.outline_root,
+        flush_interval_s=flush_interval_s,
+    )
+
+
+def _flush_and_close(partial: PartialBlob) -> None:
+    try:
+        partial.flush()
+    finally:
+        partial.close()
