@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -55,6 +55,7 @@ from protocol.messages import (
     ShuffleReply,
     Unrecognized,
 )
+from protocol.messages_base import DIGEST_SIZE
 
 __all__ = [
     "MSGPACK_MAX_ARRAY_LEN",
@@ -273,7 +274,7 @@ def encode(msg: Message) -> bytes:
     return body
 
 
-def encode_frame(msg: Message) -> list[bytes]:
+def encode_frame(msg: Message) -> list[bytes | memoryview]:
     """Header and body of ``msg`` as buffers for ``writelines``; a ChunkData's data goes
     uncopied."""
     if type(msg) is ChunkData:
@@ -297,13 +298,60 @@ def _relabel(exc: LocalProtocolError) -> RemoteProtocolError:
     return RemoteProtocolError(str(exc), exc.code)
 
 
+_UINT_SIZES: Final = {0xCC: 1, 0xCD: 2, 0xCE: 4}
+_BIN_SIZES: Final = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+# [0x94 fixarray(4), 63, bin8(32) handle]: the fixed start of every ChunkData body we send.
+_CHUNK_PREFIX: Final = bytes((0x94, ChunkData.TAG, 0xC4, DIGEST_SIZE))
+
+
+def _chunk_data_view(body: bytes | bytearray | memoryview) -> ChunkData | None:
+    """A ChunkData whose ``data`` is a view into ``body`` (no copy of up to 1 MiB per chunk), if
+    ``body`` has exactly the canonical layout; ``None`` sends it down the general path, which
+    also reports every error."""
+    view = memoryview(body).cast("B")
+    head = len(_CHUNK_PREFIX) + DIGEST_SIZE
+    if len(view) < head + 2 or view[: len(_CHUNK_PREFIX)] != _CHUNK_PREFIX:
+        return None
+    pos, marker = head + 1, view[head]
+    if marker <= 0x7F:
+        index = marker
+    else:
+        width = _UINT_SIZES.get(marker)
+        if width is None:
+            return None
+        index = int.from_bytes(view[pos : pos + width], "big")
+        pos += width
+    width = _BIN_SIZES.get(view[pos]) if pos < len(view) else None
+    if width is None:
+        return None
+    length = int.from_bytes(view[pos + 1 : pos + 1 + width], "big")
+    start = pos + 1 + width
+    if start + length != len(view):
+        return None
+    try:
+        return ChunkData(
+            handle=bytes(view[len(_CHUNK_PREFIX) : head]),
+            index=index,
+            data=view[start:].toreadonly(),
+        )
+    except LocalProtocolError:
+        return None
+
+
 def decode(body: bytes | bytearray | memoryview) -> Message:
     """The message in a frame body. Raises ``RemoteProtocolError`` and nothing else on bad input:
     MALFORMED_MESSAGE (not msgpack, wrong shape or values), RESOURCE_LIMIT (over a §11 limit),
     FRAME_TOO_LARGE, UNKNOWN_MESSAGE (unknown tag below IGNORABLE_TAG_MIN). An unknown tag at or
-    above IGNORABLE_TAG_MIN gives ``Unrecognized`` (SPEC §9)."""
+    above IGNORABLE_TAG_MIN gives ``Unrecognized`` (SPEC §9).
+
+    A ChunkData keeps a read-only view of ``body`` as its data (the channel hands each frame
+    body over in a buffer of its own); every other message copies what it keeps."""
     if len(body) > MAX_FRAME_SIZE:
         raise RemoteProtocolError("message over MAX_FRAME_SIZE", ErrorCode.FRAME_TOO_LARGE)
+    if body[:2] == b"\x94\x3f":
+        chunk = _chunk_data_view(body)
+        if chunk is not None:
+            return chunk
     try:
         wire = msgpack.unpackb(
             body,

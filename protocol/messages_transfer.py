@@ -151,13 +151,22 @@ class ChunkData:
     TAG: ClassVar[int] = 63
     handle: bytes
     index: int
-    data: bytes
+    data: bytes | memoryview
+    """``bytes``, or a read-only byte view (``codec.decode`` hands out a view of the frame body
+    instead of copying up to 1 MiB per chunk)."""
 
     def __post_init__(self) -> None:
         _check_handle(self.handle)
         check_uint("index", self.index, MAX_CHUNK_COUNT - 1)
-        check_bytes("data", self.data, max_len=MAX_CHUNK_SIZE)
-        if not self.data:
+        data = self.data
+        if type(data) is memoryview:
+            if not (data.readonly and data.format == "B" and data.c_contiguous):
+                fail("chunk data must be bytes or a read-only contiguous byte view")
+            if len(data) > MAX_CHUNK_SIZE:
+                fail(f"data is over {MAX_CHUNK_SIZE} bytes", OVER_LIMIT)
+        else:
+            check_bytes("data", data, max_len=MAX_CHUNK_SIZE)
+        if not data:
             fail("chunk data is never empty (an empty blob has no chunks)")
 
 

@@ -209,6 +209,7 @@ class FakeSwarm:
             assert blake3.blake3(n.outline).digest() is not None
 
     def write(self, n: WriteChunk) -> None:
+        assert isinstance(n.data, bytes), "the fake swarm sends bytes"
         if digest_of(n.data) == n.digest:
             self.arrivals.append((n.handle, n.index, n.peer))
             self.f.chunk_stored(self.now, n.handle, n.index)
