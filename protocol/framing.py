@@ -28,7 +28,7 @@ FRAME_HEADER = struct.Struct(">I")
 
 # The largest message is a ChunkData at the largest chunk size a protocol version may pick (1 MiB,
 # DESIGN.md) plus < 100 bytes of header; 64 KiB of headroom covers it without pinning the frame
-# limit to today's 256 KiB chunks. Every other message is capped far below (SPEC §5, §11): outlines
+# limit to version 1's chunk size. Every other message is capped far below (SPEC §5, §11): outlines
 # are paged, event batches packed under EVENT_BATCH_BUDGET. It also bounds a peer's claim on our
 # memory per connection before it has sent the bytes.
 MAX_FRAME_SIZE = MAX_CHUNK_SIZE + 64 * 1024

@@ -424,9 +424,13 @@ class Fetcher:
         if self._dirty and not self._paused:
             dirty = sorted(self._dirty)
             self._dirty.clear()
+            cap, refill = self.config.max_inflight_bytes_per_peer, self.config.refill_bytes
             for peer in dirty:
                 if self._unstored > self.config.max_unstored_bytes:
                     break
+                ps = self._peers.get(peer)
+                if ps is not None and ps.inflight_bytes and cap - ps.inflight_bytes < refill:
+                    continue  # busy: top it up in batches (FetcherConfig.refill_bytes)
                 self._fill(peer)
         fx, self._fx = self._fx, Effects()
         fx.deadline = self._timers.next_deadline()

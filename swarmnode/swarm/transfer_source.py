@@ -21,7 +21,7 @@ from swarmnode.swarm.transfer_download import Download, digest_of
 __all__ = ["LocalChunks", "full_bitmap"]
 
 # Local blobs whose size and outline are cached; outlines are 32 bytes per chunk (128 KiB per
-# GiB at 256 KiB chunks), so the cache is bounded by bytes too.
+# GiB at 256 KiB chunks, 32 KiB at 1 MiB), so the cache is bounded by bytes too.
 _CACHE_ENTRIES = 1024
 _CACHE_BYTES = 16 << 20
 
@@ -116,9 +116,10 @@ class LocalChunks:
     async def outline(self, handle: bytes) -> tuple[int, int, bytes] | None:
         download = self._downloading(handle)
         if download is not None:
-            partial = download.partial
-            if partial is not None and partial.outline is not None and not download.gone:
-                return download.row.size, download.row.chunk_size, partial.outline
+            # The verified outline in memory: the partial's copy on disk is written a little later.
+            outline = download.outline
+            if download.partial is not None and outline is not None and not download.gone:
+                return download.row.size, download.row.chunk_size, outline
             return None
         return await self._local(handle)
 

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from protocol.outline import CHUNK_SIZE
 from tests.helpers.blob_transfer import (
     get_metadata,
     hash_file_slice,
@@ -47,7 +48,7 @@ from tests.helpers.tcp_proxy import TcpProxy
 SWARM_KEY = hashlib.blake2s(b"blob replication test").hexdigest()
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"
 MIB = 1 << 20
-CHUNK = 256 * 1024  # protocol/outline.py CHUNK_SIZE; the tests read it from the metadata too
+CHUNK = CHUNK_SIZE  # the tests read it from the metadata too
 DEADLINE = 90.0  # cold starts and 64 MiB through three processes on a loaded 2-core machine
 FLUSH_INTERVAL = "0.2"  # SWARMNODE_FLUSH_INTERVAL: bitmap persisted every 0.2 s
 ADVERTISE_ENV = "SWARMNODE_ADVERTISE"

@@ -20,12 +20,13 @@ import aiohttp
 import blake3
 import pytest
 
+from protocol.outline import CHUNK_SIZE
 from swarmnode.config import Config, HostPort
 from swarmnode.node import Node
 
 KEY = hashlib.blake2s(b"transfer nodes test").digest()
 DEADLINE = 30.0
-CHUNK = 256 * 1024
+CHUNK = CHUNK_SIZE
 
 
 def make_config(root: Path, name: str, peers: tuple[HostPort, ...] = ()) -> Config:
