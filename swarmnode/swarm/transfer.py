@@ -85,6 +85,7 @@ class BlobTransfers:
         self._active: dict[bytes, Download] = {}
         self._queue: dict[bytes, Download] = {}
         self._failed: set[bytes] = set()
+        self._discarding: dict[bytes, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer: ThreadPoolExecutor | None = None
         self._wake = asyncio.Event()
@@ -327,7 +328,21 @@ class BlobTransfers:
 
     # ---- completion --------------------------------------------------------------------------
 
+    def _give_up(self, download: Download, exc: BaseException) -> None:
+        """An unexpected error (not a full disk, not bad data): stop this download, tell its
+        readers, and leave the blob for the next start of the node."""
+        log.error("blob.fetch_failed", exc_info=exc, extra={"handle": download.handle})
+        download.failed = str(exc) or type(exc).__name__
+        self._failed.add(download.digest)
+        self._finish(download)
+
     async def _complete(self, download: Download) -> None:
+        try:
+            await self._install(download)
+        except Exception as exc:
+            self._give_up(download, exc)
+
+    async def _install(self, download: Download) -> None:
         partial = download.partial
         assert partial is not None
         async with download.lock:
@@ -401,14 +416,24 @@ class BlobTransfers:
         if self._first_reconcile:
             self._first_reconcile = False
             await self._drop_stray_partials(wanted)
-        for digest, download in list(self._queue.items()):
-            if digest not in wanted:
-                del self._queue[digest]
+        unwanted = [
+            d
+            for d in [*self._queue.values(), *self._active.values()]
+            if d.digest not in wanted and not d.finishing and not d.done
+        ]
+        for download in unwanted:
+            # The query may predate the announcement (an HTTP GET can start a download that
+            # early): only the row's state now decides.
+            row = await self._blobs.catalog_row(download.handle)
+            state = None if row is None else row.state
+            if state == "remote":
+                continue
+            if self._queue.get(download.digest) is download:
+                del self._queue[download.digest]
                 download.gone = True
                 download.pulse()
-        for digest, download in list(self._active.items()):
-            if digest not in wanted and not download.finishing and not download.done:
-                self._drop(download, deleted=not self._source.is_local(digest))
+            elif self._active.get(download.digest) is download:
+                self._drop(download, deleted=state != "local")
         for digest, row in wanted.items():
             known = digest in self._active or digest in self._queue or digest in self._failed
             if not known:
@@ -438,7 +463,9 @@ class BlobTransfers:
             extra={"handle": download.handle, "reason": "deleted" if deleted else "local"},
         )
         self._finish(download)
-        self._spawn(self._discard(download))
+        task = self._spawn(self._discard(download))
+        self._discarding[download.digest] = task
+        task.add_done_callback(lambda _: self._discarding.pop(download.digest, None))
 
     async def _discard(self, download: Download) -> None:
         partial = download.partial
@@ -456,11 +483,15 @@ class BlobTransfers:
             self._begin(queue.pop(digest))
 
     def _begin(self, download: Download) -> None:
+        assert download.digest not in self._active, "one download per blob"
         self._active[download.digest] = download
         self._spawn(self._open(download))
 
     async def _open(self, download: Download) -> None:
         row = download.row
+        discarding = self._discarding.get(download.digest)
+        if discarding is not None:  # an earlier download's files are still being deleted
+            await asyncio.wait([discarding])
         try:
             partial = await self._blobs.io(
                 _open_partial, self._blobs.layout.partial, row, self.config.flush_interval_s
@@ -470,10 +501,14 @@ class BlobTransfers:
             self._queue = {download.digest: download, **self._queue}
             self._disk_is_full(str(exc))
             return
+        except Exception as exc:
+            self._give_up(download, exc)
+            return
         if download.gone or not self._running:
             await self._blobs.io(partial.close)
             return
         download.partial = partial
+        download.outline = partial.outline
         download.resumed_bytes = partial.verified_bytes
         self.counters["resumedBytes"] += partial.verified_bytes
         have = partial.have_bitmap() if partial.verified_chunks else None
@@ -551,7 +586,10 @@ class BlobTransfers:
             local = await self._blobs.open_local(row.handle)
             if local is not None:
                 return local
-            download = Download(row, digest)
+            # Reconciling may have queued or started it while we looked.
+            download = self._active.get(digest) or self._queue.pop(digest, None)
+            if download is None:
+                download = Download(row, digest)
         download.priority = True
         if digest not in self._active:
             self._begin(download)
