@@ -257,6 +257,21 @@ class Catalog:
             ).rowcount
         return bool(changed)
 
+    def store_replicas(self, items: Iterable[tuple[str, bytes]]) -> list[str]:
+        """``store_replica`` for many ``(handle, outline)`` in one transaction; returns the
+        handles that became local."""
+        done = []
+        with self._transaction():
+            for handle, outline in items:
+                changed = self._db.execute(
+                    "UPDATE blobs SET state = 'local', pending = 0, outline = ? "
+                    "WHERE handle = ? AND state = 'remote'",
+                    (outline, handle),
+                ).rowcount
+                if changed:
+                    done.append(handle)
+        return done
+
     def record(self, events: Iterable[MetadataEvent], cursor: dict[str, int]) -> list[str]:
         """Record metadata events (idempotent) and advance the follow cursor, in one transaction.
 

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, TypeVar
 from protocol.eventchain import EventRecord
 from swarmnode.config import Config
 from swarmnode.ports import EventLogPort, NewEvent, Subscription
-from swarmnode.store import maintenance
+from swarmnode.store import maintenance, replicas
 from swarmnode.store.catalog import BlobRow, Catalog, ListCursor
 from swarmnode.store.errors import BlobDeleted, BlobNotAvailable, UnknownBlob
 from swarmnode.store.files import (
@@ -77,6 +77,9 @@ _METADATA_SUBSCRIPTION = (Subscription(semantics=METADATA_SEMANTICS, name=METADA
 # waits (the log never lets one slow subscriber block others), and a batch is one transaction.
 _FOLLOW_QUEUE = 4096
 _INGEST_THREADS = 4
+# Threads that write and fdatasync small replicas side by side: the filesystem journal commits
+# concurrent syncs together, so more syncs in flight cost about the same as one.
+_SYNC_THREADS = 16
 
 
 class BlobReader(Protocol):
@@ -149,6 +152,7 @@ class BlobService:
         self._catalog: Catalog | None = None
         self._db_thread: ThreadPoolExecutor | None = None
         self._io_threads: ThreadPoolExecutor | None = None
+        self._sync_threads: ThreadPoolExecutor | None = None
         self._pool: BufferPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._retention_wake = asyncio.Event()
@@ -170,6 +174,7 @@ class BlobService:
         """Open the catalog, catch up with the event log, clean crash leftovers, start tasks."""
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="blob-catalog")
         self._io_threads = ThreadPoolExecutor(_INGEST_THREADS, thread_name_prefix="blob-io")
+        self._sync_threads = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="blob-sync")
         self._pool = BufferPool()
         tuned = tune_allocator()
         await self._db(self.layout.ensure)
@@ -210,10 +215,10 @@ class BlobService:
         if self._catalog is not None:
             await self._db(self._catalog.close)
             self._catalog = None
-        for executor in (self._io_threads, self._db_thread):
+        for executor in (self._sync_threads, self._io_threads, self._db_thread):
             if executor is not None:
                 await asyncio.to_thread(executor.shutdown)
-        self._io_threads = self._db_thread = None
+        self._io_threads = self._db_thread = self._sync_threads = None
 
     async def _db(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn(*args)`` on the catalog thread (the only thread that touches the catalog)."""
@@ -476,6 +481,45 @@ class BlobService:
         log.debug("blob.replica_installed", extra={"handle": partial.handle})
         self._local_changed(partial.handle, partial.size, partial.chunk_size, True)
         self._notify()
+
+    async def install_small_replicas(
+        self, items: Sequence[tuple[BlobRow, bytes | memoryview, bytes]]
+    ) -> tuple[list[str], BaseException | None]:
+        """Install verified one-chunk downloads ``(row, content, outline)`` in one batch
+        (replicas.py); returns the handles installed and the first error that kept others out
+        (``DiskFull``, say); the rest were no longer wanted."""
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._sync_threads, replicas.write_durable_tmp, self.layout, data
+                )
+                for _, data, _ in items
+            ),
+            return_exceptions=True,
+        )
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        ready = [
+            (row.handle, path, outline)
+            for (row, _, outline), path in zip(items, results, strict=True)
+            if isinstance(path, Path)
+        ]
+        installed: list[str] = []
+        if ready:
+            try:
+                installed = await self._db(
+                    replicas.publish_replicas, self.layout, self.catalog, ready
+                )
+            except Exception as exc:
+                for _, path, _ in ready:
+                    path.unlink(missing_ok=True)
+                return [], exc
+        sizes = {row.handle: (row.size, row.chunk_size) for row, _, _ in items}
+        for handle in installed:
+            self._local_changed(handle, *sizes[handle], True)
+        if installed:
+            self._notify()
+        return installed, error
 
     def add_local_listener(self, listener: Callable[[str, int, int, bool], None]) -> None:
         """Call ``listener(handle, size, chunk_size, present)`` when a blob's complete bytes

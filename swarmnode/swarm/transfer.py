@@ -32,6 +32,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import blake3
+
 from protocol.errors import ErrorCode
 from protocol.messages import Message, SendableMessage
 from protocol.messages_transfer import Cancel, RequestChunks, RequestOutline
@@ -59,6 +61,8 @@ __all__ = ["BlobTransfers"]
 log = logging.getLogger(__name__)
 
 _SERVER_MESSAGES = (RequestOutline, RequestChunks, Cancel)
+# One-chunk downloads installed together (one directory fsync and catalog commit each batch).
+_SMALL_BATCH = 256
 # A long download logs its progress this often (operators watch big transfers in the log).
 _PROGRESS_LOG_S = 2.0
 
@@ -86,6 +90,10 @@ class BlobTransfers:
         self._queue: dict[bytes, Download] = {}
         self._failed: set[bytes] = set()
         self._discarding: dict[bytes, asyncio.Task[Any]] = {}
+        self._small_active = 0
+        self._small_bytes = 0
+        self._small_ready: list[Download] = []
+        self._small_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer: ThreadPoolExecutor | None = None
         self._wake = asyncio.Event()
@@ -117,6 +125,7 @@ class BlobTransfers:
         self._spawn(self._server.run())
         self._spawn(self._reconcile_loop())
         self._spawn(self._flush_loop())
+        self._spawn(self._install_small_loop())
         self._wake.set()
 
     async def stop(self) -> None:
@@ -210,7 +219,11 @@ class BlobTransfers:
                     download = self._active.get(digest)
                     if download is not None and not download.finishing:
                         download.finishing = True
-                        self._spawn(self._complete(download))
+                        if download.small:
+                            self._small_ready.append(download)
+                            self._small_wake.set()
+                        else:
+                            self._spawn(self._complete(download))
                 case PeerMisbehaved(peer=peer, reason=reason):
                     self.counters["peersPenalised"] += 1
                     self._driver.penalise(peer, ErrorCode.BAD_DATA, reason)
@@ -250,6 +263,9 @@ class BlobTransfers:
     def _write(self, notice: WriteChunk) -> None:
         download = self._active.get(notice.handle)
         now = self.loop.time()
+        if download is not None and download.small and not download.gone:
+            self._keep_small(download, notice)
+            return
         if download is None or download.partial is None or download.gone:
             self._fetcher.chunk_failed(now, notice.handle, notice.index)
             return
@@ -263,6 +279,26 @@ class BlobTransfers:
         job.add_done_callback(
             lambda done: loop.call_soon_threadsafe(self._written, download, notice, done)
         )
+
+    def _keep_small(self, download: Download, notice: WriteChunk) -> None:
+        """A one-chunk blob: verified here (at most 1 MiB of BLAKE3, ~0.1 ms) and kept in memory
+        until the batch installer writes it (replicas.py)."""
+        now = self.loop.time()
+        self.counters["bytesReceived"] += len(notice.data)
+        if blake3.blake3(notice.data).digest() != notice.digest:
+            self._bad_chunk(download, notice)
+        else:
+            download.data = bytes(notice.data)
+            self._fetcher.chunk_stored(now, notice.handle, notice.index)
+        self._pump()
+
+    def _bad_chunk(self, download: Download, notice: WriteChunk) -> None:
+        self.counters["badChunks"] += 1
+        log.warning(
+            "blob.bad_chunk",
+            extra={"handle": download.handle, "index": notice.index, "node_id": notice.peer},
+        )
+        self._fetcher.chunk_rejected(self.loop.time(), notice.handle, notice.index, notice.peer)
 
     def _written(self, download: Download, notice: WriteChunk, job: Future[bool]) -> None:
         download.write_ended()
@@ -289,12 +325,7 @@ class BlobTransfers:
                 self._log_progress(download, partial.verified_bytes)
             download.pulse()
         else:
-            self.counters["badChunks"] += 1
-            log.warning(
-                "blob.bad_chunk",
-                extra={"handle": download.handle, "index": notice.index, "node_id": notice.peer},
-            )
-            self._fetcher.chunk_rejected(now, notice.handle, notice.index, notice.peer)
+            self._bad_chunk(download, notice)
         self._pump()
 
     def _log_progress(self, download: Download, stored: int) -> None:
@@ -394,10 +425,72 @@ class BlobTransfers:
         if progress is not None:
             self.counters["duplicateBytes"] += progress.duplicate_bytes
         self._fetcher.remove(self.loop.time(), download.digest)
-        self._active.pop(download.digest, None)
+        if self._active.get(download.digest) is download:
+            del self._active[download.digest]
+            if download.small:
+                self._small_active -= 1
+                self._small_bytes -= download.row.size
+        download.data = None
         download.pulse()
         self._start_next()
         self._pump()
+
+    async def _install_small_loop(self) -> None:
+        """Install finished one-chunk downloads in batches (replicas.py: one directory fsync and
+        one catalog commit per batch instead of per blob), two batches at a time so one writes
+        its files while the other commits."""
+        slots = asyncio.Semaphore(2)
+        while True:
+            await self._small_wake.wait()
+            self._small_wake.clear()
+            while self._small_ready:
+                await slots.acquire()
+                batch = self._small_ready[:_SMALL_BATCH]
+                del self._small_ready[:_SMALL_BATCH]
+                task = self._spawn(self._install_small(batch))
+                task.add_done_callback(lambda _: slots.release())
+
+    async def _install_small(self, batch: list[Download]) -> None:
+        # An empty blob has no chunk (and an empty outline): nothing arrived, nothing to check.
+        items = [
+            (d.row, d.data or b"", d.digest if d.row.size else b"")
+            for d in batch
+            if not d.gone and (d.data is not None or d.row.size == 0)
+        ]
+        installed, error = await self._blobs.install_small_replicas(items)
+        done = set(installed)
+        if isinstance(error, DiskFull):
+            self._disk_is_full(str(error))
+        elif error is not None:
+            log.error("blob.install_failed", exc_info=error, extra={"count": len(batch)})
+        for download in batch:
+            if download.handle in done:
+                download.done = True
+                self.counters["completed"] += 1
+                log.info(
+                    "blob.fetched",
+                    extra={
+                        "handle": download.handle,
+                        "bytes": download.row.size,
+                        "seconds": round(time.monotonic() - download.started, 3),
+                        "peers": list(self._peers_used(download)),
+                        "duplicateBytes": 0,
+                    },
+                )
+                self._finish(download)
+            elif error is not None and not download.gone:
+                # Not written: fetch it again once the disk has room.
+                self._finish(download)
+                download.finishing, download.data = False, None
+                self._queue = {download.digest: download, **self._queue}
+            else:
+                self._finish(download)  # no longer wanted, or local by an upload meanwhile
+        self._start_next()
+        self._pump()
+
+    def _peers_used(self, download: Download) -> tuple[str, ...]:
+        progress = self._fetcher.progress(download.digest)
+        return progress.peers_used if progress is not None else ()
 
     # ---- what to fetch -----------------------------------------------------------------------
 
@@ -477,15 +570,55 @@ class BlobTransfers:
     def _start_next(self) -> None:
         if not self._running or self.disk_full:
             return
-        queue = self._queue
-        while queue and len(self._active) < self.config.max_active:
-            digest = next((d for d, dl in queue.items() if dl.priority), next(iter(queue)))
-            self._begin(queue.pop(digest))
+        queue, config = self._queue, self.config
+        while queue:
+            big_free = len(self._active) - self._small_active < config.max_active
+            small_free = (
+                self._small_active < config.max_active_small
+                and self._small_bytes < config.max_small_bytes
+            )
+            pick = next((d for d, dl in queue.items() if dl.priority), None)
+            if pick is None:
+                pick = next(
+                    (d for d, dl in queue.items() if (small_free if dl.small else big_free)), None
+                )
+            if pick is None:
+                return
+            chosen = queue[pick]
+            if not (small_free if chosen.small else big_free) and not chosen.priority:
+                return
+            self._begin(queue.pop(pick))
 
     def _begin(self, download: Download) -> None:
         assert download.digest not in self._active, "one download per blob"
         self._active[download.digest] = download
-        self._spawn(self._open(download))
+        if download.small:
+            self._small_active += 1
+            self._small_bytes += download.row.size
+            self._fetch(download, outline=None, have=None)
+            self._pump()
+        else:
+            self._spawn(self._open(download))
+
+    def _fetch(self, download: Download, *, outline: bytes | None, have: bytes | None) -> None:
+        """Hand a download to the fetcher machine."""
+        row = download.row
+        spec = BlobSpec(
+            handle=download.digest,
+            size=row.size,
+            chunk_size=row.chunk_size,
+            outline_root=row.outline_root,
+            origin=row.latest_source,
+        )
+        self._fetcher.add(
+            self.loop.time(), spec, outline=outline, have=have, priority=download.priority
+        )
+        log.log(
+            logging.DEBUG if download.small else logging.INFO,
+            "blob.fetch_started",
+            extra={"handle": row.handle, "size": row.size, "resumedBytes": download.resumed_bytes},
+        )
+        download.pulse()
 
     async def _open(self, download: Download) -> None:
         row = download.row
@@ -512,21 +645,7 @@ class BlobTransfers:
         download.resumed_bytes = partial.verified_bytes
         self.counters["resumedBytes"] += partial.verified_bytes
         have = partial.have_bitmap() if partial.verified_chunks else None
-        spec = BlobSpec(
-            handle=download.digest,
-            size=row.size,
-            chunk_size=row.chunk_size,
-            outline_root=row.outline_root,
-            origin=row.latest_source,
-        )
-        self._fetcher.add(
-            self.loop.time(), spec, outline=partial.outline, have=have, priority=download.priority
-        )
-        log.info(
-            "blob.fetch_started",
-            extra={"handle": row.handle, "size": row.size, "resumedBytes": download.resumed_bytes},
-        )
-        download.pulse()
+        self._fetch(download, outline=partial.outline, have=have)
         self._pump()
 
     # ---- durability and disk space -----------------------------------------------------------

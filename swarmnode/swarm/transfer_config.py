@@ -29,6 +29,10 @@ class TransferConfig:
     # GET jumps the queue). Bounds open files, and concentrates bandwidth on few blobs so each
     # finishes sooner than if all crawled.
     max_active: int = 64
+    # One-chunk downloads in flight at once: they hold no file, only their content in memory
+    # between arrival and their batch install, so they are bounded by count and by bytes.
+    max_active_small: int = 256
+    max_small_bytes: int = 64 << 20
     # While the disk is full, how often free space is checked before fetching resumes.
     disk_retry_s: float = 2.0
     # Free bytes that count as "space returned": a few chunks' worth beyond the next reservation.

@@ -47,6 +47,8 @@ class Download:
     priority: bool = False
     partial: PartialBlob | None = None
     outline: bytes | None = None
+    data: bytes | None = None
+    """A one-chunk blob's verified content, until the batch installer wrote it."""
     resumed_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
     logged_at: float = field(default_factory=time.monotonic)
@@ -64,6 +66,12 @@ class Download:
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    @property
+    def small(self) -> bool:
+        """One chunk at most: fetched in one message, installed in batches without a partial
+        file (store/replicas.py)."""
+        return self.row.size <= self.row.chunk_size
 
     @property
     def handle(self) -> str:
@@ -104,11 +112,11 @@ class Download:
 
     def available(self, offset: int, length: int) -> int:
         """How many bytes from ``offset`` (at most ``length``) are verified and written."""
+        if self.done:
+            return min(length, self.row.size - offset)
         partial = self.partial
         if partial is None:
             return 0
-        if self.done:
-            return min(length, self.row.size - offset)
         size, chunk = self.row.size, self.row.chunk_size
         end = min(offset + length, size)
         index = offset // chunk

@@ -147,10 +147,13 @@ class LocalChunks:
             length = min(chunk, download.row.size - start)
             path = self._blobs.partial_path(download.handle)
             return await self._blobs.io(_pread_file, path, start, length)
-        entry = await self._local(handle)
-        if entry is None:
-            return None
-        size, chunk, _ = entry
+        sizes = self._sizes.get(handle)  # no catalog round trip per chunk (small blobs!)
+        if sizes is None:
+            entry = await self._local(handle)
+            if entry is None:
+                return None
+            sizes = entry[0], entry[1]
+        size, chunk = sizes
         start = index * chunk
         if not 0 <= start < size:
             return None
