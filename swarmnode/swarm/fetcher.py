@@ -55,7 +55,7 @@ from swarmnode.swarm.fetcher_blob import (
     bits_to_bitmap,
     ranges,
 )
-from swarmnode.swarm.fetcher_schedule import PeerState, plan
+from swarmnode.swarm.fetcher_schedule import PeerState, note_busy, note_delivery, plan, window
 from swarmnode.swarm.fetcher_types import (
     BlobSpec,
     FetchComplete,
@@ -241,6 +241,7 @@ class Fetcher:
             blob.duplicate_bytes += size
             return
         ps.last_progress = now
+        note_delivery(ps, now, size)
         self._release(blob, i, peer)
         if size != blob.chunk_len(i):
             self._strike(peer, "chunk of the wrong size")
@@ -424,13 +425,14 @@ class Fetcher:
         if self._dirty and not self._paused:
             dirty = sorted(self._dirty)
             self._dirty.clear()
-            cap, refill = self.config.max_inflight_bytes_per_peer, self.config.refill_bytes
             for peer in dirty:
                 if self._unstored > self.config.max_unstored_bytes:
                     break
                 ps = self._peers.get(peer)
-                if ps is not None and ps.inflight_bytes and cap - ps.inflight_bytes < refill:
-                    continue  # busy: top it up in batches (FetcherConfig.refill_bytes)
+                if ps is not None and ps.inflight_bytes:
+                    cap = self._window(ps)
+                    if cap - ps.inflight_bytes < min(self.config.refill_bytes, cap // 2):
+                        continue  # busy: top it up in batches (FetcherConfig.refill_bytes)
                 self._fill(peer)
         fx, self._fx = self._fx, Effects()
         fx.deadline = self._timers.next_deadline()
@@ -458,6 +460,16 @@ class Fetcher:
 
     # -- scheduling -------------------------------------------------------------------------------
 
+    def _window(self, ps: PeerState) -> int:
+        config = self.config
+        return window(
+            ps,
+            target_s=config.window_target_s,
+            initial=config.initial_window_bytes,
+            least=config.min_window_bytes,
+            most=config.max_inflight_bytes_per_peer,
+        )
+
     def _fill(self, peer: str) -> None:
         """Fill ``peer``'s free budget in one pass: priority blobs, then one chunk per blob per
         round-robin turn."""
@@ -466,7 +478,8 @@ class Fetcher:
             return
         if not ps.inflight_bytes:
             ps.last_progress = self._now
-        cap = self.config.max_inflight_bytes_per_peer
+            note_busy(ps, self._now)
+        cap = self._window(ps)
         if ps.inflight_bytes >= cap:
             return
         incomplete = self._incomplete

@@ -13,16 +13,30 @@ from collections.abc import Iterable
 
 from swarmnode.swarm.fetcher_blob import BlobState
 
-__all__ = ["PeerState", "plan"]
+__all__ = ["RATE_SAMPLE_S", "PeerState", "note_busy", "note_delivery", "plan", "window"]
 
 
 class PeerState:
     """What we asked of one peer and how it behaves."""
 
-    __slots__ = ("connected", "cooling", "inflight", "inflight_bytes", "last_progress", "strikes")
+    __slots__ = (
+        "connected",
+        "cooling",
+        "inflight",
+        "inflight_bytes",
+        "last_progress",
+        "rate",
+        "sample_bytes",
+        "sample_start",
+        "strikes",
+    )
 
     def __init__(self) -> None:
         self.connected = False
+        self.rate = 0.0
+        """Bytes per second it delivered while busy (0: not measured yet)."""
+        self.sample_start = 0.0
+        self.sample_bytes = 0
         self.inflight: dict[bytes, set[int]] = {}
         """handle -> chunk indices requested and not yet arrived, cancelled or refused."""
         self.inflight_bytes = 0
@@ -31,6 +45,37 @@ class PeerState:
         self.strikes = 0
         self.cooling = False
         """Timed out lately: no new requests until its cooling timer fires."""
+
+
+# A delivery rate is sampled over at least this long (one chunk's arrival says little).
+RATE_SAMPLE_S = 0.1
+
+
+def note_delivery(ps: PeerState, now: float, size: int) -> None:
+    """Count ``size`` delivered bytes towards ``ps.rate`` (moving average of busy-time samples)."""
+    ps.sample_bytes += size
+    elapsed = now - ps.sample_start
+    if elapsed >= RATE_SAMPLE_S:
+        sample = ps.sample_bytes / elapsed
+        ps.rate = sample if ps.rate == 0.0 else (ps.rate + sample) / 2
+        ps.sample_start, ps.sample_bytes = now, 0
+
+
+def note_busy(ps: PeerState, now: float) -> None:
+    """``ps`` gets requests after idling: its idle time must not count against its rate."""
+    ps.sample_start, ps.sample_bytes = now, 0
+
+
+def window(ps: PeerState, *, target_s: float, initial: int, least: int, most: int) -> int:
+    """Bytes to keep requested from ``ps``: what it delivers in ``target_s``, within bounds.
+
+    A fixed deep pipeline would queue seconds of requests at a slow peer, where a priority
+    blob, a Range start or a second download could not overtake them and a faster peer could
+    not take them over; sized by rate, the queue drains in about ``target_s`` whatever the link.
+    """
+    if ps.rate == 0.0:
+        return min(initial, most)
+    return max(min(least, most), min(most, int(ps.rate * target_s)))
 
 
 def plan(

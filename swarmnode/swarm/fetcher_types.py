@@ -34,8 +34,16 @@ class FetcherConfig:
 
     max_inflight_bytes_per_peer: int = 32 * 1024 * 1024
     """Deep pipelines: 32 chunks of 1 MiB keep a LAN link busy across a round trip."""
-    max_unstored_bytes: int = 64 * 1024 * 1024
-    """Arrived but not yet reported stored: back-pressure from the disk."""
+    window_target_s: float = 0.25
+    """A peer is kept busy with what it delivers in this long (its measured rate), between
+    ``min_window_bytes`` and ``max_inflight_bytes_per_peer``: deep enough to fill a fast link,
+    short enough that a priority read, a Range or another download overtakes within a moment."""
+    initial_window_bytes: int = 4 * 1024 * 1024
+    """The window before a peer's rate is known."""
+    min_window_bytes: int = 2 * 1024 * 1024
+    max_unstored_bytes: int = 16 * 1024 * 1024
+    """Arrived but not yet reported stored (node-wide): back-pressure from the disk, and most of
+    what a download holds in memory."""
     request_timeout_s: float = 10.0
     """A peer delivering nothing this long while it has requests loses them (requeued)."""
     reprobe_s: float = 5.0
