@@ -72,6 +72,7 @@ from swarmnode.config import HostPort
 from swarmnode.events.log import EventLog
 from swarmnode.identity import Identity
 from swarmnode.ports import Subscription
+from swarmnode.swarm.deadline import DeadlineTimer
 from swarmnode.swarm.driver_config import PROBE_PERIOD_ENV, DriverConfig, config_from_env
 from swarmnode.swarm.driver_status import fmt_address, reachable, snapshot
 from swarmnode.swarm.effects import Effects
@@ -181,8 +182,7 @@ class SwarmDriver:
         self._outboxes = Outboxes(self._new_outbox, self._spawn)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._local: list[EventRecord] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self._running = False
         self._changed = asyncio.Event()
         self.generation = 0
@@ -252,9 +252,7 @@ class SwarmDriver:
     async def stop(self) -> None:
         """Stop reacting, end the driver's tasks, and wait for replicated events to commit."""
         self._running = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         for link in self._links.values():
             if link.timer is not None:
                 link.timer.cancel()
@@ -515,7 +513,7 @@ class SwarmDriver:
                 conn.close(ErrorCode.NO_ERROR)
         for notice in fx.notices:
             self._on_notice(notice)
-        self._arm(fx.deadline)
+        self._timer.arm(self.loop, fx.deadline)
 
     def _encode(self, msg: SendableMessage) -> bytes | None:
         try:
@@ -579,21 +577,9 @@ class SwarmDriver:
             case PeerMisbehaved(peer=peer, reason=reason):
                 self._penalise(peer, ErrorCode.BAD_SIGNATURE, reason)
 
-    def _arm(self, deadline: float | None) -> None:
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        deadline, self._timer, self._timer_at = self._timer_at, None, None
+    def _on_timer(self, now: float) -> None:
         if not self._running:
             return
-        now = max(self.loop.time(), deadline or 0.0)  # call_at may fire a hair early
         self.expire_penalties(now)
         self.membership.handle_timer(now)
         self.dissemination.handle_timer(now)

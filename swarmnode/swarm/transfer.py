@@ -43,6 +43,7 @@ from swarmnode.store.metadata import hex_of_handle
 from swarmnode.store.partial import PartialBlob, discard_partial, partial_handles
 from swarmnode.store.service import BlobReader, BlobService
 from swarmnode.swarm.chunkserver import ChunkServer
+from swarmnode.swarm.deadline import DeadlineTimer
 from swarmnode.swarm.driver import SwarmDriver
 from swarmnode.swarm.fetcher import (
     BlobSpec,
@@ -97,8 +98,7 @@ class BlobTransfers:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writer: ThreadPoolExecutor | None = None
         self._wake = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self._running = False
         self._first_reconcile = True
         self.disk_full = False
@@ -132,9 +132,7 @@ class BlobTransfers:
         """Stop fetching and serving, persist every download's bitmap, close partial files."""
         self._running = False
         self._blobs.fetcher = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -227,23 +225,12 @@ class BlobTransfers:
                 case PeerMisbehaved(peer=peer, reason=reason):
                     self.counters["peersPenalised"] += 1
                     self._driver.penalise(peer, ErrorCode.BAD_DATA, reason)
-        self._arm(fx.deadline)
+        self._timer.arm(self.loop, fx.deadline)
         self._driver_touch()
 
-    def _arm(self, deadline: float | None) -> None:
-        if deadline == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        deadline, self._timer, self._timer_at = self._timer_at, None, None
+    def _on_timer(self, now: float) -> None:
         if self._running:
-            self._fetcher.handle_timer(max(self.loop.time(), deadline or 0.0))
+            self._fetcher.handle_timer(now)
             self._pump()
 
     def _prioritize(self, download: Download, offset: int) -> None:
@@ -403,8 +390,11 @@ class BlobTransfers:
                 self._queue = {download.digest: download, **self._queue}
                 self._disk_is_full(str(exc))
                 return
+        self._fetched(download)
+
+    def _fetched(self, download: Download) -> None:
+        """A download is installed: count it, log it, forget it."""
         download.done = True
-        seconds = time.monotonic() - download.started
         progress = self._fetcher.progress(download.digest)
         self.counters["completed"] += 1
         log.info(
@@ -412,7 +402,7 @@ class BlobTransfers:
             extra={
                 "handle": download.handle,
                 "bytes": download.row.size,
-                "seconds": round(seconds, 3),
+                "seconds": round(time.monotonic() - download.started, 3),
                 "peers": list(progress.peers_used) if progress else [],
                 "duplicateBytes": progress.duplicate_bytes if progress else 0,
             },
@@ -465,19 +455,7 @@ class BlobTransfers:
             log.error("blob.install_failed", exc_info=error, extra={"count": len(batch)})
         for download in batch:
             if download.handle in done:
-                download.done = True
-                self.counters["completed"] += 1
-                log.info(
-                    "blob.fetched",
-                    extra={
-                        "handle": download.handle,
-                        "bytes": download.row.size,
-                        "seconds": round(time.monotonic() - download.started, 3),
-                        "peers": list(self._peers_used(download)),
-                        "duplicateBytes": 0,
-                    },
-                )
-                self._finish(download)
+                self._fetched(download)
             elif error is not None and not download.gone:
                 # Not written: fetch it again once the disk has room.
                 self._finish(download)
@@ -487,10 +465,6 @@ class BlobTransfers:
                 self._finish(download)  # no longer wanted, or local by an upload meanwhile
         self._start_next()
         self._pump()
-
-    def _peers_used(self, download: Download) -> tuple[str, ...]:
-        progress = self._fetcher.progress(download.digest)
-        return progress.peers_used if progress is not None else ()
 
     # ---- what to fetch -----------------------------------------------------------------------
 

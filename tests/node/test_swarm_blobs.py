@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import blake3
 
+from tests.helpers.blob_transfer import get_metadata, wait_blob_status, wait_metadata
 from tests.helpers.node_proc import NodeProcess
 
 SWARM_KEY = hashlib.blake2s(b"node swarm blobs test").hexdigest()
@@ -63,36 +64,6 @@ async def blob_status(http: aiohttp.ClientSession, node: NodeProcess, handle: st
     async with http.get(f"{node.blobs_url}?{handle}") as resp:
         await resp.read()
         return resp.status
-
-
-async def get_metadata(
-    http: aiohttp.ClientSession, node: NodeProcess, handle: str
-) -> tuple[int, dict[str, Any]]:
-    async with http.get(f"{node.blobs_url}?metadata-{handle}") as resp:
-        body: dict[str, Any] = await resp.json()
-        return resp.status, body
-
-
-async def wait_metadata(
-    http: aiohttp.ClientSession, node: NodeProcess, handle: str
-) -> dict[str, Any]:
-    """The node's metadata of ``handle`` once its catalog knows it (polled; caller's deadline)."""
-    while True:
-        status, body = await get_metadata(http, node, handle)
-        if status == 200:
-            return body
-        assert status == 404, body
-        await asyncio.sleep(_RETRY_S)
-
-
-async def wait_blob_status(
-    http: aiohttp.ClientSession, node: NodeProcess, handle: str, want: int, before: int
-) -> None:
-    """Poll ``GET ?<handle>`` until it answers ``want``, ``before`` meanwhile (retention has no
-    HTTP notification; the caller sets the deadline)."""
-    while (status := await blob_status(http, node, handle)) != want:
-        assert status == before, status
-        await asyncio.sleep(_RETRY_S)
 
 
 async def next_event(resp: aiohttp.ClientResponse) -> dict[str, Any]:
