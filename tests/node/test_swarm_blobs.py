@@ -27,7 +27,6 @@ SWARM_KEY = hashlib.blake2s(b"node swarm blobs test").hexdigest()
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"
 METADATA_NAME = "ActyxOS-BlobService-Metadata"
 DEADLINE = 60.0  # cold starts and replication on a loaded 2-core machine
-_RETRY_S = 0.05  # pause between polls of a condition that has no notification (under a deadline)
 
 
 @contextlib.asynccontextmanager
