@@ -46,6 +46,7 @@ __all__ = [
     "WriteFn",
     "fsync_dir",
     "raise_if_disk_full",
+    "start_writeback",
     "tune_allocator",
 ]
 
@@ -90,14 +91,14 @@ def _load_start_writeback() -> Callable[[int, int, int], None] | None:
     return start_writeback
 
 
-_start_writeback = _load_start_writeback()
+start_writeback = _load_start_writeback()
 
 
 # glibc mallopt parameters (malloc.h) and the values tune_allocator sets.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 8 * 1024 * 1024
-_TRIM_THRESHOLD = 32 * 1024 * 1024
+_TRIM_THRESHOLD = 64 * 1024 * 1024
 
 
 def tune_allocator() -> bool:
@@ -109,9 +110,11 @@ def tune_allocator() -> bool:
     per 512 MiB upload, and on this VM first touch is slow (DESIGN.md). Serving allocations up to
     8 MiB from the heap (socket reads, the 1 MiB download reads, the 4 MiB ingest buffers) and
     keeping up to 32 MiB of free heap took the upload from ~0.65 to ~0.8 of a raw-body-to-disk
-    handler (bench/http_blobs.py). A fixed threshold must stay above the download piece size,
+    handler (bench/http_blobs.py). 64 MiB, because a blob fetch keeps tens of MiB of 1 MiB frames
+    in flight: with 32 MiB the fetching node took 75,000-135,000 minor faults per GiB fetched,
+    with 64 MiB ~22,000. A fixed threshold must stay above the download piece size,
     or every download read would be mmapped afresh. Process-wide, idempotent; a no-op where libc
-    has no ``mallopt``. The cost is at most 32 MiB of retained free memory per arena.
+    has no ``mallopt``. The cost is at most 64 MiB of retained free memory per arena.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -393,8 +396,8 @@ class IngestWriter:
         except OSError as exc:
             raise_if_disk_full(exc)
             raise
-        if _start_writeback is not None:
-            _start_writeback(self._fd, self._written, length)
+        if start_writeback is not None:
+            start_writeback(self._fd, self._written, length)
         self._written += length
 
     def _seal(self) -> None:

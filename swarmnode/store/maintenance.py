@@ -11,10 +11,12 @@ Crash safety (``kill -9`` at any instant), by ordering:
   forgets a blob whose upload crashed before publishing.
 - retention: the row leaves ``local`` *before* the file is unlinked; a crash in between again
   leaves only an unaccounted file.
-- install_replica (a finished download): (1) flush and close the partial (its bitmap now vouches
-  for every chunk), (2) rename ``partial/<hex>`` to ``data/<hex>`` and fsync both directories,
-  (3) commit the row ``local`` with its outline, (4) delete ``<hex>.bitmap``/``.outline``. A crash
-  before (2) leaves a complete partial: it resumes, is re-hashed by ``finish`` and installed again.
+- install_replica (a finished download): (1) fdatasync and close the partial (its bitmap is not
+  rewritten: the install deletes it), (2) rename ``partial/<hex>`` to ``data/<hex>`` and fsync
+  both directories, (3) commit the row ``local`` with its outline, (4) delete
+  ``<hex>.bitmap``/``.outline``. A crash before (2) leaves a complete partial whose bitmap may
+  lag: it resumes, re-fetches the chunks the bitmap does not vouch for, is re-hashed by
+  ``finish`` and installed again.
   Between (2) and (3) ``data/<hex>`` exists for a ``remote`` row: ``recover`` adopts it only
   after re-hashing it against the handle and the row's outline root, else deletes it. After (3)
   only stale side files remain: ``recover`` deletes the partial files of every ``local`` blob.
@@ -102,8 +104,7 @@ def install_replica(layout: StoreLayout, catalog: Catalog, partial: PartialBlob)
         if row is None:
             raise ValueError(f"no catalog row for {handle}")
         return
-    partial.flush()
-    partial.close()
+    partial.seal()
     source = partial.content_path
     final = layout.data_path(hex_of_handle(handle))
     os.rename(source, final)

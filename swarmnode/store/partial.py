@@ -31,7 +31,7 @@ import blake3
 
 from protocol.outline import DIGEST_SIZE, chunk_count, outline_root
 from swarmnode.store.errors import DiskFull
-from swarmnode.store.files import raise_if_disk_full
+from swarmnode.store.files import raise_if_disk_full, start_writeback
 from swarmnode.store.metadata import hex_of_handle
 from swarmnode.store.partial_files import (
     BITMAP_MAGIC,
@@ -255,6 +255,10 @@ class PartialBlob:
         except OSError as exc:
             raise_if_disk_full(exc)
             raise
+        if start_writeback is not None:
+            # The disk starts on this chunk now, so ``flush`` and the final ``seal`` wait for
+            # the last few chunks instead of every dirty page (store/files.py does the same).
+            start_writeback(self._fd, index * self.chunk_size, self._chunk_len(index))
         with self._lock:
             if self._bit(index):  # another thread wrote the same chunk meanwhile
                 return True
@@ -376,6 +380,22 @@ class PartialBlob:
             return
         try:
             self.flush()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def seal(self) -> None:
+        """Make the content durable and close it, without persisting the bitmap: for a finished
+        download about to be installed, whose side files are deleted right after. A crash before
+        the install leaves a bitmap that may lag; the resume re-fetches what it does not vouch for.
+        """
+        if self._fd < 0:
+            raise ValueError("the partial is closed")
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise_if_disk_full(exc)
+            raise
         finally:
             os.close(self._fd)
             self._fd = -1

@@ -383,7 +383,8 @@ class BlobTransfers:
                 await self._blobs.install_replica(partial)
             except DiskFull as exc:
                 # install_replica put the file back into partial/ and closed it: start over
-                # from the persisted bitmap (every chunk) once space returns.
+                # from the persisted bitmap once space returns (the chunks flushed before the
+                # install; the rest are fetched again).
                 self._fetcher.remove(self.loop.time(), download.digest)
                 self._active.pop(download.digest, None)
                 download.partial, download.finishing = None, False

@@ -444,3 +444,25 @@ def test_fallocate_enospc_is_disk_full_and_leaves_no_files(
     partial = blob.open(tmp_path)
     partial.close()
     assert partial_handles(tmp_path) == [blob.handle]
+
+
+def test_seal_syncs_the_content_but_not_the_bitmap(tmp_path: Path, blob: Blob) -> None:
+    """install_replica seals: the content is whole on disk; a resume (a crash before the install's
+    rename) trusts only the chunks the last flush vouched for."""
+    partial = blob.open(tmp_path)
+    partial.set_outline(blob.outline)
+    blob.write(partial, [0, 1])
+    partial.flush()
+    blob.write(partial, range(2, blob.count))
+    partial.seal()
+    with pytest.raises(ValueError, match="closed"):
+        partial.seal()
+    partial.close()  # still idempotent after a seal
+    assert partial.content_path.read_bytes() == blob.data
+    resumed = blob.open(tmp_path)
+    try:
+        assert resumed.have_bitmap() == bitmap_of({0, 1}, blob.count)
+        blob.write(resumed, range(2, blob.count))
+        assert resumed.finish()
+    finally:
+        resumed.close()
