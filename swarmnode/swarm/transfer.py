@@ -92,6 +92,7 @@ class BlobTransfers:
         self._failed: set[bytes] = set()
         self._discarding: dict[bytes, asyncio.Task[Any]] = {}
         self._small_active = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._small_bytes = 0
         self._small_ready: list[Download] = []
         self._small_wake = asyncio.Event()
@@ -111,7 +112,9 @@ class BlobTransfers:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def start(self) -> None:
         self._writer = ThreadPoolExecutor(
