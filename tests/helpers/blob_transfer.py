@@ -8,11 +8,11 @@ request is hashed from the file in pieces.
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import blake3
@@ -23,11 +23,11 @@ from tests.helpers.node_proc import NodeProcess
 from tests.helpers.swarm_status import node_status
 
 __all__ = [
-    "RETRY_S",
     "Download",
     "get_metadata",
     "hash_file_slice",
     "hashed_get",
+    "settle",
     "transfer_row",
     "upload_file",
     "wait_blob_status",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # Pause between polls of a condition the node has no notification for (always under a deadline).
-RETRY_S = 0.05
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,44 +115,64 @@ async def get_metadata(
         return resp.status, body
 
 
+async def settle(
+    http: aiohttp.ClientSession, node: NodeProcess, check: Callable[[], Awaitable[T | None]]
+) -> T:
+    """``await check()`` until it gives a value, re-checked whenever the node's state changed:
+    the status long-poll answers when its generation passes the one seen before the check (every
+    message, timer and transfer step raises it), so nothing is missed and nothing polls."""
+    while True:
+        generation = (await node_status(http, node))["generation"]
+        found = await check()
+        if found is not None:
+            return found
+        await node_status(http, node, after=generation)
+
+
 async def wait_metadata(
     http: aiohttp.ClientSession, node: NodeProcess, handle: str
 ) -> dict[str, Any]:
-    """The node's metadata of ``handle`` once it knows the blob (polled; the caller's deadline)."""
-    while True:
+    """The node's metadata of ``handle`` once it knows the blob (the caller's deadline)."""
+
+    async def known() -> dict[str, Any] | None:
         status, body = await get_metadata(http, node, handle)
-        if status == 200:
-            return body
-        assert status == 404, body
-        await asyncio.sleep(RETRY_S)
+        assert status in (200, 404), body
+        return body if status == 200 else None
+
+    return await settle(http, node, known)
 
 
 async def wait_local(http: aiohttp.ClientSession, node: NodeProcess, handle: str) -> dict[str, Any]:
     """The node's metadata of ``handle`` once the bytes are complete there (``local: true``)."""
-    while True:
+
+    async def local() -> dict[str, Any] | None:
         status, body = await get_metadata(http, node, handle)
-        if status == 200 and body["local"] is True:
-            return body
         assert status in (200, 404), body
         assert status == 404 or body.get("deleted") is not True, body
-        await asyncio.sleep(RETRY_S)
+        return body if status == 200 and body["local"] is True else None
+
+    return await settle(http, node, local)
 
 
 async def wait_blob_status(
     http: aiohttp.ClientSession, node: NodeProcess, handle: str, want: int, before: int
 ) -> None:
-    """Poll ``GET ?<handle>`` until it answers ``want``, ``before`` meanwhile (retention has no
-    HTTP notification; the caller sets the deadline)."""
-    while (status := (await hashed_get(http, node, handle)).status) != want:
-        assert status == before, status
-        await asyncio.sleep(RETRY_S)
+    """Until ``GET ?<handle>`` answers ``want`` (``before`` meanwhile; the caller's deadline)."""
+
+    async def answered() -> bool | None:
+        status = (await hashed_get(http, node, handle)).status
+        assert status in (want, before), status
+        return True if status == want else None
+
+    await settle(http, node, answered)
 
 
 async def transfer_row(
-    http: aiohttp.ClientSession, node: NodeProcess, handle: str
+    http: aiohttp.ClientSession, node: NodeProcess, handle: str, *, after: int | None = None
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The node's in-flight transfer of ``handle`` (``None`` if none) and the whole status."""
-    status = await node_status(http, node)
+    """The node's in-flight transfer of ``handle`` (``None`` if none) and the whole status; with
+    ``after``, once the status generation passed it (a long poll)."""
+    status = await node_status(http, node, after=after)
     assert "transfers" in status, f"no transfers in the status: {sorted(status)}"
     rows = [t for t in status["transfers"] if t["handle"] == handle]
     assert len(rows) <= 1, rows

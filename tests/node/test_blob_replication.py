@@ -55,7 +55,6 @@ ADVERTISE_ENV = "SWARMNODE_ADVERTISE"
 # Each node's proxy caps it at 8 MiB/s per direction: 24 MiB take ~3 s to replicate.
 THROTTLE_BPS = 8 * MIB
 SLOW_SIZE = 24 * MIB
-STATUS_POLL_S = 0.01
 KEEP = {"semantics": "s.repl", "retentionPolicy": {"policy": "keepForever"}}
 
 
@@ -200,8 +199,10 @@ async def test_kill_9_mid_transfer_resumes_from_the_persisted_bitmap(
         last_durable = 0
         seen: dict[str, Any] | None = None
         async with asyncio.timeout(DEADLINE):
-            while True:
-                row, _ = await transfer_row(http, b, handle)
+            generation: int | None = None
+            while True:  # every stored chunk raises the status generation: see each step
+                row, body = await transfer_row(http, b, handle, after=generation)
+                generation = body["generation"]
                 if row is not None:
                     assert row["durableBytes"] >= last_durable, row  # persisted never shrinks
                     last_durable = row["durableBytes"]
@@ -209,8 +210,7 @@ async def test_kill_9_mid_transfer_resumes_from_the_persisted_bitmap(
                         seen = row
                         break
                 elif blob_path(b, handle).exists():
-                    break  # finished between two polls
-                await asyncio.sleep(STATUS_POLL_S)
+                    break  # finished between two looks
         assert seen is not None, f"the throttled transfer finished before 40 % was seen: {size}"
         assert await b.kill() == -9
         assert not blob_path(b, handle).exists(), "killed mid-transfer, nothing complete yet"
@@ -328,11 +328,12 @@ async def test_status_lists_a_running_transfer_with_rising_progress(
         _, meta = await get_metadata(http, a, handle)
         rows: list[dict[str, Any]] = []
         async with asyncio.timeout(DEADLINE):
+            generation = None
             while not blob_path(b, handle).exists():
-                row, _ = await transfer_row(http, b, handle)
+                row, body = await transfer_row(http, b, handle, after=generation)
+                generation = body["generation"]
                 if row is not None:
                     rows.append(row)
-                await asyncio.sleep(STATUS_POLL_S)
             await wait_local(http, b, handle)
         stored = [r["storedBytes"] for r in rows]
         assert len(set(stored)) >= 2, f"the throttled transfer was seen at {stored} only"
