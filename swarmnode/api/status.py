@@ -94,7 +94,41 @@ def render_status(status: Mapping[str, Any], *, now: float | None = None) -> str
     lines.append("")
     lines.append("offsets:")
     lines.extend(f"  {source:<16} {offset}" for source, offset in sorted(offsets.items()))
+    lines.extend(_render_transfers(status))
     counters: Mapping[str, int] = status.get("counters", {})
     if counters:
         lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     return "\n".join(lines)
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+def _render_transfers(status: Mapping[str, Any]) -> list[str]:
+    """Blob downloads in flight (bytes stored of size, rate, peers) and the totals."""
+    if "transfers" not in status:
+        return []  # a node without blob transfer
+    transfers: list[Mapping[str, Any]] = status["transfers"]
+    totals: Mapping[str, Any] = status.get("transferTotals", {})
+    lines = [""]
+    if status.get("diskFull"):
+        lines.append(f"fetching PAUSED: disk full ({status.get('diskError') or 'no space'})")
+    lines.append(f"{'BLOB':<22} {'STATE':<8} {'MiB':>15} {'MiB/s':>7}  PEERS")
+    for t in transfers:
+        done = f"{_mib(t.get('storedBytes', 0))}/{_mib(t.get('size', 0))}"
+        lines.append(
+            f"{t['handle'][:21] + '…':<22} {t.get('state', '?'):<8} {done:>15} "
+            f"{_mib(t.get('rateBytesPerS', 0.0)):>7}  {', '.join(t.get('peersUsed', [])) or '-'}"
+        )
+    if not transfers:
+        lines.append("(no downloads in flight)")
+    if totals:
+        lines.append(
+            f"blobs fetched {totals.get('completed', 0)}, "
+            f"received {_mib(totals.get('bytesReceived', 0))} MiB "
+            f"({_mib(totals.get('duplicateBytes', 0))} duplicate), "
+            f"served {_mib(totals.get('bytesServed', 0))} MiB, "
+            f"bad chunks {totals.get('badChunks', 0)}, queued {totals.get('queued', 0)}"
+        )
+    return lines

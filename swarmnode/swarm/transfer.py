@@ -103,6 +103,7 @@ class BlobTransfers:
         self._running = False
         self._first_reconcile = True
         self.disk_full = False
+        self.disk_error: str | None = None
         driver.transfers = self
 
     def _download_of(self, digest: bytes) -> Download | None:
@@ -653,6 +654,7 @@ class BlobTransfers:
         if self.disk_full:
             return
         self.disk_full = True
+        self.disk_error = reason
         self.counters["diskFullPauses"] += 1
         self._fetcher.pause(self.loop.time())
         log.warning("blob.fetch_paused", extra={"reason": "disk full", "error": reason})
@@ -667,7 +669,7 @@ class BlobTransfers:
             stat = await self._blobs.io(os.statvfs, path)
             if stat.f_bavail * stat.f_frsize >= needed:
                 break
-        self.disk_full = False
+        self.disk_full, self.disk_error = False, None
         self._fetcher.resume(self.loop.time())
         log.info("blob.fetch_resumed")
         self._start_next()
@@ -743,7 +745,12 @@ class BlobTransfers:
             "resumedBytes": self.counters["resumedBytes"],
             "queued": len(self._queue),
         }
-        return {"transfers": transfers, "transferTotals": totals, "diskFull": self.disk_full}
+        return {
+            "transfers": transfers,
+            "transferTotals": totals,
+            "diskFull": self.disk_full,
+            "diskError": self.disk_error,
+        }
 
 
 def _open_partial(partial_dir: Any, row: BlobRow, flush_interval_s: float) -> PartialBlob:
