@@ -209,6 +209,18 @@ class Catalog:
             )
         return out
 
+    def announcers(self, handles: Sequence[str]) -> dict[str, set[str]]:
+        """The nodes that announced each of ``handles`` (they stored the bytes)."""
+        out: dict[str, set[str]] = {}
+        for start in range(0, len(handles), 500):  # under SQLite's bound-parameter limit
+            part = handles[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for handle, source in self._db.execute(
+                f"SELECT handle, source FROM announcements WHERE handle IN ({marks})", part
+            ):
+                out.setdefault(handle, set()).add(source)
+        return out
+
     def announcement_count(self, handle: str) -> int:
         found = self._db.execute(
             "SELECT COUNT(*) FROM announcements WHERE handle = ?", (handle,)

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +167,8 @@ class BlobService:
         self._local_listeners: list[Callable[[str, int, int, bool], None]] = []
         self.fetcher: Callable[[BlobRow], Awaitable[BlobReader]] | None = None
         """Set by blob replication: how ``fetch`` gets a blob that is not local."""
+        self.holders: Callable[[str], Iterable[str]] | None = None
+        """Set by blob replication: peers a download here sees holding chunks of a blob."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -436,23 +438,40 @@ class BlobService:
     async def metadata(self, handle: str) -> dict[str, Any] | None:
         """The newest metadata event payload of ``handle`` plus where its bytes are, or ``None``.
 
-        Adds ``local`` (bytes complete here), ``peers`` (nodes known to hold them: none until
-        replication exists) and ``deleted`` (retention removed them).
+        Adds ``local`` (bytes complete here), ``peers`` (other nodes known to hold them: those
+        that announced the blob, and those a download here sees holding chunks of it) and
+        ``deleted`` (retention removed them, on every node).
         """
         row = await self.lookup(handle)
-        return None if row is None else _describe(row)
+        if row is None:
+            return None
+        return (await self._describe([row]))[0]
 
     async def list_blobs(
         self, *, limit: int, before: ListCursor | None
     ) -> tuple[list[dict[str, Any]], ListCursor | None]:
         """Announced blobs' metadata, newest first; the cursor continues after the last one."""
         rows = await self._db(self.catalog.newest, limit, before)
-        items = [_describe(r) for r in rows]
+        items = await self._describe(rows)
         last = rows[-1] if len(rows) == limit else None
         after = None
         if last is not None and last.latest_lamport is not None and last.latest_source:
             after = (last.latest_lamport, last.latest_source)
         return items, after
+
+    async def _describe(self, rows: Sequence[BlobRow]) -> list[dict[str, Any]]:
+        """Metadata of ``rows`` for the API, with the peers known to hold each (see metadata)."""
+        live = [r.handle for r in rows if r.state != "deleted"]
+        announcers = await self._db(self.catalog.announcers, live) if live else {}
+        me = self.node_id
+        out = []
+        for row in rows:
+            peers = set(announcers.get(row.handle, ()))
+            if self.holders is not None and row.state != "deleted":
+                peers.update(self.holders(row.handle))
+            peers.discard(me)
+            out.append(_describe_row(row, sorted(peers)))
+        return out
 
     # -- replication hooks ---------------------------------------------------------------------
 
@@ -604,11 +623,11 @@ def _open_unbuffered(path: Path) -> BinaryIO:
     return open(path, "rb", buffering=0)  # the caller owns and closes it
 
 
-def _describe(row: BlobRow) -> dict[str, Any]:
+def _describe_row(row: BlobRow, peers: list[str]) -> dict[str, Any]:
     assert row.latest_payload is not None
     out: dict[str, Any] = json.loads(row.latest_payload)
     out["local"] = row.state == "local"
-    out["peers"] = []
+    out["peers"] = peers
     out["deleted"] = row.state == "deleted"
     return out
 

@@ -126,6 +126,7 @@ class BlobTransfers:
         await self._source.load()
         self._blobs.add_listener(self._wake.set)
         self._blobs.fetcher = self.open_reader
+        self._blobs.holders = self.providers_of
         self._spawn(self._server.run())
         self._spawn(self._reconcile_loop())
         self._spawn(self._flush_loop())
@@ -136,6 +137,7 @@ class BlobTransfers:
         """Stop fetching and serving, persist every download's bitmap, close partial files."""
         self._running = False
         self._blobs.fetcher = None
+        self._blobs.holders = None
         self._timer.cancel()
         tasks = list(self._tasks)
         for task in tasks:
@@ -703,6 +705,11 @@ class BlobTransfers:
             paths=(layout.partial_path(hex_handle), layout.data_path(hex_handle)),
             prioritize=self._prioritize,
         )
+
+    def providers_of(self, handle: str) -> tuple[str, ...]:
+        """Peers a download in flight here sees holding chunks of ``handle``."""
+        progress = self._fetcher.progress(digest_of(handle))
+        return () if progress is None else progress.providers
 
     # ---- status ------------------------------------------------------------------------------
 

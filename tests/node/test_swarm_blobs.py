@@ -97,6 +97,7 @@ async def test_metadata_replicates_and_the_bytes_follow(
             on_b = await wait_metadata(http, b, handle)
         assert on_b["handle"] == handle
         assert on_b["deleted"] is False
+        assert a.info.node_id in on_b["peers"]  # A announced it: A holds the bytes
         assert on_b["source"] == a.info.node_id
         assert on_b["semantics"] == "s.photos"
         assert on_b["retentionPolicy"] == {"policy": "keepForever"}

@@ -192,6 +192,9 @@ async def test_remote_announcement_is_known_but_not_local(
     assert meta is not None
     assert meta["local"] is False
     assert meta["bytes"] == 10
+    assert meta["peers"] == ["remote000000000"]  # the announcer stored the bytes
+    listed, _ = await service.list_blobs(limit=10, before=None)
+    assert [m["peers"] for m in listed if m["handle"] == handle] == [["remote000000000"]]
     assert await service.wanted() == [handle]
     with pytest.raises(BlobNotAvailable):
         await service.open_blob(handle)
