@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bench.procstats import cpu_seconds, rss_growth
 from bench.swarm_procs import SWARM_KEY
 from tests.helpers.node_proc import REPO_ROOT, NodeProcess
 from tests.helpers.tcp_proxy import TcpProxy
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 MIB = 1 << 20
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _BASELINE_TIMEOUT_S = 600.0
 UPLOAD_CONCURRENCY = 16
 ADVERTISE_ENV = "SWARMNODE_ADVERTISE"
@@ -136,45 +135,6 @@ def blob_fetched(proc: NodeProcess, handle: str | None = None) -> list[dict[str,
         for r in proc.log_records()
         if r.get("event") == "blob.fetched" and (handle is None or r.get("handle") == handle)
     ]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (``/proc/<pid>/stat`` utime + stime)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    # After the ")" closing comm: fields[0] is state (field 3), so utime (14) is fields[11].
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-@contextlib.contextmanager
-def rss_growth(pid: int, out: dict[str, float]) -> Iterator[None]:
-    """Samples ``pid``'s RSS every 10 ms; sets ``out["rss_growth_mib"]`` = peak - value before."""
-    idle = _rss_kib(pid)
-    peak = idle
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.01):
-            with contextlib.suppress(OSError, RuntimeError):
-                peak = max(peak, _rss_kib(pid))
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        out["rss_growth_mib"] = round((peak - idle) / 1024, 1)
 
 
 def make_input(path: Path, size: int) -> None:

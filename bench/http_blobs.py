@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -34,14 +33,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import blake3
 from aiohttp import web
+
+from bench.procstats import rss_growth
 
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,38 +114,6 @@ def _run_baseline(directory: Path) -> None:
 
 
 # -- measuring ------------------------------------------------------------------------------------
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-@contextlib.contextmanager
-def _rss_growth(pid: int, out: dict[str, float]) -> Iterator[None]:
-    """Samples the RSS of ``pid`` every 10 ms; sets ``out["rss_growth_mib"]`` = peak - idle."""
-    idle = _rss_kib(pid)
-    peak = idle
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.01):
-            with contextlib.suppress(OSError, RuntimeError):
-                peak = max(peak, _rss_kib(pid))
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        out["rss_idle_mib"] = idle / 1024
-        out["rss_growth_mib"] = (peak - idle) / 1024
 
 
 def _curl(args: list[str]) -> tuple[int, float]:
@@ -296,7 +263,7 @@ class Bench:
         _recycle_memory(self.work / "recycle.bin", self.size)
         _warm(self.src)
         out: dict[str, float] = {}
-        with _rss_growth(self.baseline.pid, out):
+        with rss_growth(self.baseline.pid, out):
             code, seconds = _curl(
                 ["-o", os.devnull, "-T", str(self.src), "-X", "POST", f"{self.base_url}/raw"]
             )
@@ -309,7 +276,7 @@ class Bench:
         _warm(self.src)
         out: dict[str, float] = {}
         response = self.work / "response.json"
-        with _rss_growth(self.node.pid, out):
+        with rss_growth(self.node.pid, out):
             code, seconds = _curl(
                 [
                     "-o",
@@ -329,7 +296,7 @@ class Bench:
         _warm(served)
         self.out.unlink(missing_ok=True)
         out: dict[str, float] = {}
-        with _rss_growth(pid, out):
+        with rss_growth(pid, out):
             code, seconds = _curl(["-o", str(self.out), url])
         assert code == 200, code
         assert self.out.stat().st_size == self.size
