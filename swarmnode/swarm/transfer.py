@@ -89,6 +89,10 @@ class BlobTransfers:
         )
         self._active: dict[bytes, Download] = {}
         self._queue: dict[bytes, Download] = {}
+        self._lines: dict[bool, collections.deque[Download]] = {
+            True: collections.deque(),
+            False: collections.deque(),
+        }
         self._failed: set[bytes] = set()
         self._discarding: dict[bytes, asyncio.Task[Any]] = {}
         self._small_active = 0
@@ -394,7 +398,7 @@ class BlobTransfers:
                 self._fetcher.remove(self.loop.time(), download.digest)
                 self._active.pop(download.digest, None)
                 download.partial, download.finishing = None, False
-                self._queue = {download.digest: download, **self._queue}
+                self._enqueue(download, front=True)
                 self._disk_is_full(str(exc))
                 return
         self._fetched(download)
@@ -467,7 +471,7 @@ class BlobTransfers:
                 # Not written: fetch it again once the disk has room.
                 self._finish(download)
                 download.finishing, download.data = False, None
-                self._queue = {download.digest: download, **self._queue}
+                self._enqueue(download, front=True)
             else:
                 self._finish(download)  # no longer wanted, or local by an upload meanwhile
         self._start_next()
@@ -511,7 +515,7 @@ class BlobTransfers:
         for digest, row in wanted.items():
             known = digest in self._active or digest in self._queue or digest in self._failed
             if not known:
-                self._queue[digest] = Download(row, digest)
+                self._enqueue(Download(row, digest))
         self._start_next()
 
     async def _drop_stray_partials(self, wanted: dict[bytes, BlobRow]) -> None:
@@ -548,27 +552,41 @@ class BlobTransfers:
             if partial is not None:
                 await self._blobs.io(partial.discard)
 
+    def _enqueue(self, download: Download, *, front: bool = False) -> None:
+        """Queue a download: ``front`` for one that was already running (a full disk stopped it).
+
+        ``_queue`` says what is queued; the two lines (small, big) keep the order to start them
+        in, so picking the next one is O(1) however long the backlog. Entries whose download left
+        the queue meanwhile (an HTTP read started it, retention dropped it) are skipped.
+        """
+        if front:
+            self._queue = {download.digest: download, **self._queue}
+            self._lines[download.small].appendleft(download)
+        else:
+            self._queue[download.digest] = download
+            self._lines[download.small].append(download)
+
     def _start_next(self) -> None:
         if not self._running or self.disk_full:
             return
-        queue, config = self._queue, self.config
-        while queue:
-            big_free = len(self._active) - self._small_active < config.max_active
-            small_free = (
-                self._small_active < config.max_active_small
-                and self._small_bytes < config.max_small_bytes
-            )
-            pick = next((d for d, dl in queue.items() if dl.priority), None)
-            if pick is None:
-                pick = next(
-                    (d for d, dl in queue.items() if (small_free if dl.small else big_free)), None
-                )
-            if pick is None:
-                return
-            chosen = queue[pick]
-            if not (small_free if chosen.small else big_free) and not chosen.priority:
-                return
-            self._begin(queue.pop(pick))
+        config = self.config
+        for small, line in self._lines.items():
+            while line:
+                if small:
+                    free = (
+                        self._small_active < config.max_active_small
+                        and self._small_bytes < config.max_small_bytes
+                    )
+                else:
+                    free = len(self._active) - self._small_active < config.max_active
+                head = line[0]
+                if self._queue.get(head.digest) is not head:
+                    line.popleft()  # left the queue meanwhile
+                    continue
+                if not free and not head.priority:
+                    break
+                line.popleft()
+                self._begin(self._queue.pop(head.digest))
 
     def _begin(self, download: Download) -> None:
         assert download.digest not in self._active, "one download per blob"
@@ -612,7 +630,7 @@ class BlobTransfers:
             )
         except DiskFull as exc:
             self._active.pop(download.digest, None)
-            self._queue = {download.digest: download, **self._queue}
+            self._enqueue(download, front=True)
             self._disk_is_full(str(exc))
             return
         except Exception as exc:
