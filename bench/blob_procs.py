@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.pagecache import MIB, make_input, recycle_memory, warm
 from bench.procstats import cpu_seconds, rss_growth
 from bench.swarm_procs import SWARM_KEY
 from tests.helpers.node_proc import REPO_ROOT, NodeProcess
@@ -46,7 +47,6 @@ __all__ = [
     "warm",
 ]
 
-MIB = 1 << 20
 _BASELINE_TIMEOUT_S = 600.0
 UPLOAD_CONCURRENCY = 16
 ADVERTISE_ENV = "SWARMNODE_ADVERTISE"
@@ -135,37 +135,6 @@ def blob_fetched(proc: NodeProcess, handle: str | None = None) -> list[dict[str,
         for r in proc.log_records()
         if r.get("event") == "blob.fetched" and (handle is None or r.get("handle") == handle)
     ]
-
-
-def make_input(path: Path, size: int) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            piece = min(left, 4 * MIB)
-            f.write(os.urandom(piece))
-            left -= piece
-
-
-def warm(path: Path) -> None:
-    """Read ``path`` once so the next reader finds it in the page cache."""
-    buf = bytearray(4 * MIB)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-
-
-def recycle_memory(path: Path, size: int) -> None:
-    """Write and delete ``size`` bytes so the next writer gets already-touched pages (DESIGN.md:
-    first touch of fresh memory is ~15x slower here; bench.http_blobs does the same)."""
-    buf = bytes(4 * MIB)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        left = size
-        while left > 0:
-            left -= os.write(fd, buf[: min(left, len(buf))])
-    finally:
-        os.close(fd)
-        path.unlink()
 
 
 async def _line(proc: asyncio.subprocess.Process) -> dict[str, Any]:

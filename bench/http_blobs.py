@@ -8,7 +8,7 @@ In one run it starts
       ``POST /raw``: the raw request body written to a new file (``iter_any``), then fsync,
       ``GET /file``: ``web.FileResponse`` of a file of the same size,
 and times, with curl as the client, alternating baseline and node each run (before each upload
-a scratch file of the blob's size is written and deleted: see ``_recycle_memory``):
+a scratch file of the blob's size is written and deleted: see ``bench.pagecache``):
   - upload: ``curl -F blob=@file -F metadata=...`` to the node (multipart, streamed to disk while
     hashed, fsync, rename, catalog commit, metadata event) against ``curl -T file -X POST`` to
     ``/raw`` (``--data-binary @file`` loads the whole file into curl's memory and refuses 1 GiB);
@@ -40,6 +40,7 @@ from typing import Any
 import blake3
 from aiohttp import web
 
+from bench.pagecache import make_input, recycle_memory, warm
 from bench.procstats import rss_growth
 
 MIB = 1024 * 1024
@@ -128,13 +129,6 @@ def _curl(args: list[str]) -> tuple[int, float]:
     return int(code), float(seconds)
 
 
-def _warm(path: Path) -> None:
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(4 * MIB)
-        while f.readinto(buf):
-            pass
-
-
 def _wait_for_file(path: Path, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while not path.exists():
@@ -143,34 +137,6 @@ def _wait_for_file(path: Path, proc: subprocess.Popen[bytes]) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.05)
-
-
-def _recycle_memory(path: Path, size: int) -> None:
-    """Write ``size`` bytes to a scratch file and delete it, so the next writer finds free,
-    already-touched pages for its page cache.
-
-    On this VM a page the guest never touched costs a slow first touch (writes into fresh page
-    cache run at ~0.4 GB/s, into recycled pages at several GB/s), and whoever allocates first
-    takes the recycled ones: without this, the order of the servers would decide the figures.
-    """
-    buf = bytes(4 * MIB)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        left = size
-        while left > 0:
-            left -= os.write(fd, buf[: min(left, len(buf))])
-    finally:
-        os.close(fd)
-        path.unlink()
-
-
-def _make_input(path: Path, size: int) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            piece = min(left, 4 * MIB)
-            f.write(os.urandom(piece))
-            left -= piece
 
 
 def _blake3_file(path: Path) -> str:
@@ -207,7 +173,7 @@ class Bench:
 
     def start(self) -> None:
         _log(f"writing a {self.size // MIB} MiB input file")
-        _make_input(self.src, self.size)
+        make_input(self.src, self.size)
         node_dir = self.work / "node"
         self.node = subprocess.Popen(
             [
@@ -260,8 +226,8 @@ class Bench:
             f.write(run.to_bytes(8, "little") + os.urandom(8))
 
     def upload_baseline(self) -> dict[str, float]:
-        _recycle_memory(self.work / "recycle.bin", self.size)
-        _warm(self.src)
+        recycle_memory(self.work / "recycle.bin", self.size)
+        warm(self.src)
         out: dict[str, float] = {}
         with rss_growth(self.baseline.pid, out):
             code, seconds = _curl(
@@ -272,8 +238,8 @@ class Bench:
         return out
 
     def upload_node(self) -> tuple[dict[str, float], str]:
-        _recycle_memory(self.work / "recycle.bin", self.size)
-        _warm(self.src)
+        recycle_memory(self.work / "recycle.bin", self.size)
+        warm(self.src)
         out: dict[str, float] = {}
         response = self.work / "response.json"
         with rss_growth(self.node.pid, out):
@@ -293,7 +259,7 @@ class Bench:
         return out, str(json.loads(response.read_text())["handle"])
 
     def download(self, url: str, served: Path, pid: int) -> dict[str, float]:
-        _warm(served)
+        warm(served)
         self.out.unlink(missing_ok=True)
         out: dict[str, float] = {}
         with rss_growth(pid, out):
