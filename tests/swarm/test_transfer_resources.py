@@ -32,7 +32,6 @@ from protocol.outline import CHUNK_SIZE
 from swarmnode.config import HostPort
 from swarmnode.node import Node
 from swarmnode.swarm.driver_config import ADVERTISE_ENV
-from tests.helpers.swarm_status import free_port
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.tmpfs import mounted_tmpfs
 from tests.swarm.test_transfer_nodes import blobs_url, make_config
@@ -75,26 +74,27 @@ class Swarm:
         """Start node ``name`` seeded with the named nodes; ``rate_bps`` caps its proxy (both
         ways). ``unreachable``: the address it announces refuses every dial (it can still dial
         out), and the capped proxy becomes a back door only the nodes seeded with it know."""
-        port = free_port()
-        proxy = TcpProxy(("127.0.0.1", port), rate_bps=rate_bps)
+        # The proxies exist before the node (it announces one of them), the node's port only
+        # once it is bound (port 0: no free-port guess another socket can take meanwhile), so
+        # the proxies get their target right after start, before the loop can accept anything.
+        proxy = TcpProxy(("127.0.0.1", 0), rate_bps=rate_bps)
         await self.stack.enter_async_context(proxy)
         announced = proxy
         if unreachable:
-            announced = TcpProxy(("127.0.0.1", port))
+            announced = TcpProxy(("127.0.0.1", 0))
             await self.stack.enter_async_context(announced)
             announced.cut("reset")
         self.proxies[name] = proxy
         self.monkeypatch.setenv(ADVERTISE_ENV, announced.address)
         seeds = tuple(HostPort("127.0.0.1", self.proxies[p].port) for p in peers)
-        config = dataclasses.replace(
-            make_config(data_root or self.root, name, seeds), listen=HostPort("127.0.0.1", port)
-        )
-        node = Node(config)
+        node = Node(make_config(data_root or self.root, name, seeds))
         if disk_retry_s is not None:
             transfers = node.transfers
             transfers.config = dataclasses.replace(transfers.config, disk_retry_s=disk_retry_s)
-        await node.start()
+        addresses = await node.start()
         self.stack.push_async_callback(self.stop, node)
+        for each in {proxy, announced}:
+            each.target = (addresses.swarm.host, addresses.swarm.port)
         return node
 
     async def stop(self, node: Node) -> None:
