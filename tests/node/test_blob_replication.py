@@ -42,7 +42,7 @@ from tests.helpers.blob_transfer import (
 )
 from tests.helpers.blobfiles import write_random_file
 from tests.helpers.node_proc import NodeProcess
-from tests.helpers.swarm_status import free_port, node_status
+from tests.helpers.swarm_status import node_status
 from tests.helpers.tcp_proxy import TcpProxy
 
 SWARM_KEY = hashlib.blake2s(b"blob replication test").hexdigest()
@@ -83,10 +83,19 @@ class SlowPair:
 
     a: NodeProcess
     b: NodeProcess
-    b_advertise: str  # B's proxy address, to announce again on restart
+    b_proxy: TcpProxy  # announced by B, again after a restart
 
-    def restart_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv(ADVERTISE_ENV, self.b_advertise)
+    async def restart_b(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Start B again behind the same proxy (it binds a new port: the proxy follows)."""
+        monkeypatch.setenv(ADVERTISE_ENV, self.b_proxy.address)
+        await self.b.start()
+        follow(self.b_proxy, self.b)
+
+
+def follow(proxy: TcpProxy, node: NodeProcess) -> None:
+    """Point ``proxy`` at ``node``'s bound swarm port."""
+    host, _, port = node.info.swarm.rpartition(":")
+    proxy.target = (host, int(port))
 
 
 @contextlib.asynccontextmanager
@@ -97,16 +106,18 @@ async def slow_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
         nodes: list[NodeProcess] = []
         proxies: list[TcpProxy] = []
         for name in ("a", "b"):
-            port = free_port()
-            proxy = TcpProxy(("127.0.0.1", port), rate_bps=THROTTLE_BPS)
+            # The node binds port 0 and its proxy learns the port once the node is up (a port
+            # picked in advance could be taken meanwhile); until then a dial to it just fails.
+            proxy = TcpProxy(("127.0.0.1", 0), rate_bps=THROTTLE_BPS)
             proxies.append(await stack.enter_async_context(proxy))
             monkeypatch.setenv(ADVERTISE_ENV, proxy.address)
-            args = ["--swarm-key", SWARM_KEY, "--listen", f"127.0.0.1:{port}"]
+            args = ["--swarm-key", SWARM_KEY]
             if nodes:
                 args += ["--peers", proxies[0].address]
             node = NodeProcess(tmp_path / name, extra_args=args)
             nodes.append(await stack.enter_async_context(node))
-        yield SlowPair(nodes[0], nodes[1], proxies[1].address)
+            follow(proxy, node)
+        yield SlowPair(nodes[0], nodes[1], proxies[1])
 
 
 def records(node: NodeProcess, event: str, handle: str) -> list[dict[str, Any]]:
@@ -217,8 +228,7 @@ async def test_kill_9_mid_transfer_resumes_from_the_persisted_bitmap(
         assert seen["durableBytes"] <= seen["storedBytes"] <= size
         assert last_durable > 0, f"no bitmap flush seen in {FLUSH_INTERVAL} s windows: {seen}"
 
-        pair.restart_env(monkeypatch)
-        await b.start()
+        await pair.restart_b(monkeypatch)
         async with asyncio.timeout(DEADLINE):
             await wait_local(http, b, handle)
         got = await hashed_get(http, b, handle)
