@@ -175,7 +175,7 @@ class HandshakeDone:
 class FrameReceived:
     """One complete frame body; the buffer is the receiver's to keep (the channel drops it)."""
 
-    body: bytes | bytearray
+    body: bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,7 +215,11 @@ class SecureChannel:
         identity_sign: Callable[[bytes], bytes],
         ephemeral_factory: KeypairFactory,
         ciphers: Sequence[CipherName] = ("ChaChaPoly",),
+        body_buffer: Callable[[int], bytearray] | None = None,
     ) -> None:
+        """``body_buffer(n)``, if given, supplies the buffer (at least ``n`` bytes) a frame body
+        of ``n`` bytes is decrypted into; ``FrameReceived.body`` is then a view of its first
+        ``n`` bytes. A driver can so recycle body buffers once nothing refers to them."""
         if len(psk) != 32:
             raise LocalProtocolError("the swarm key (PSK) has 32 bytes")
         if len(identity_public) != 32:
@@ -252,7 +256,8 @@ class SecureChannel:
         # Frame reassembly: a 4-byte header (may span records), then the body, decrypted in place.
         self._header = bytearray(FRAME_HEADER.size)
         self._header_fill = 0
-        self._body: bytearray | None = None
+        self._body_buffer = body_buffer
+        self._body: bytearray | memoryview | None = None
         self._body_view: memoryview | None = None
         self._body_fill = 0
         self._body_is_close = False
@@ -383,6 +388,10 @@ class SecureChannel:
     def _feed(self, view: memoryview, events: list[ChannelEvent]) -> None:
         pos, end = 0, len(view)
         while pos < end and self.state is not State.CLOSED:
+            if self.state is State.TRANSPORT and self._partial_fill == 0:
+                pos = self._feed_body_records(view, pos, events)
+                if pos == end:
+                    break
             if self.state in (State.INITIATOR_EXPECT_PREAMBLE, State.RESPONDER_EXPECT_PREAMBLE):
                 pos = self._feed_preamble(view, pos)
                 continue
@@ -397,6 +406,29 @@ class SecureChannel:
             if self._partial_fill == self._partial_need:
                 self._partial_fill = 0
                 self._on_message(self._partial_view[2 : self._partial_need], events)
+
+    def _feed_body_records(self, view: memoryview, pos: int, events: list[ChannelEvent]) -> int:
+        """The bulk-transfer fast path: decrypt whole records that lie in ``view`` straight into
+        the frame body they belong to, without the general path's per-record calls (17 records
+        per 1 MiB chunk). Stops, returning the position, at anything else — a partial record, one
+        that is not all body, an invalid length — which the general path then handles."""
+        rx = self._rx
+        body = self._body_view
+        assert rx is not None
+        end = len(view)
+        while body is not None and end - pos >= 2:
+            length = (view[pos] << 8) | view[pos + 1]
+            size = length - TAGLEN
+            fill = self._body_fill
+            if size <= 0 or end - pos - 2 < length or len(body) - fill < size:
+                break
+            decrypt_record(rx, view[pos + 2 : pos + 2 + length], body[fill : fill + size])
+            pos += 2 + length
+            self._body_fill = fill + size
+            if self._body_fill == len(body):
+                self._finish_body(events)
+                body = self._body_view
+        return pos
 
     def _fill_partial(self, view: memoryview, pos: int) -> int:
         """Copy as much of a message as is here into the reusable buffer; returns the new
@@ -570,8 +602,12 @@ class SecureChannel:
             )
         elif length < MIN_FRAME_SIZE:
             raise RemoteProtocolError("empty frame", ErrorCode.MALFORMED_MESSAGE)
-        self._body = bytearray(length)  # checked above: at most MAX_FRAME_SIZE
-        self._body_view = memoryview(self._body)
+        # Checked above: at most MAX_FRAME_SIZE.
+        if self._body_buffer is None:
+            self._body = bytearray(length)
+            self._body_view = memoryview(self._body)
+        else:
+            self._body = self._body_view = memoryview(self._body_buffer(length))[:length]
         self._body_fill = 0
 
     def _finish_body(self, events: list[ChannelEvent]) -> None:

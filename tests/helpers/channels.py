@@ -64,6 +64,7 @@ def make_end(
     psk: bytes = PSK,
     ciphers: Sequence[CipherName] = ("ChaChaPoly",),
     sign: Callable[[bytes], bytes] | None = None,
+    body_buffer: Callable[[int], bytearray] | None = None,
 ) -> End:
     identity = Ed25519PrivateKey.from_private_bytes(derive(f"identity-{role.value}", seed))
     static = X25519PrivateKey.from_private_bytes(derive(f"static-{role.value}", seed))
@@ -82,6 +83,7 @@ def make_end(
         identity_sign=sign if sign is not None else identity.sign,
         ephemeral_factory=ephemeral,
         ciphers=ciphers,
+        body_buffer=body_buffer,
     )
     return End(channel, identity)
 
@@ -91,10 +93,16 @@ def make_pair(
     seed: int = 0,
     initiator_ciphers: Sequence[CipherName] = ("ChaChaPoly",),
     responder_ciphers: Sequence[CipherName] = ("ChaChaPoly",),
+    responder_body_buffer: Callable[[int], bytearray] | None = None,
 ) -> tuple[End, End]:
     return (
         make_end(Role.INITIATOR, seed=seed, ciphers=initiator_ciphers),
-        make_end(Role.RESPONDER, seed=seed, ciphers=responder_ciphers),
+        make_end(
+            Role.RESPONDER,
+            seed=seed,
+            ciphers=responder_ciphers,
+            body_buffer=responder_body_buffer,
+        ),
     )
 
 

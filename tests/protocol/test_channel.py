@@ -98,6 +98,36 @@ def test_any_chunking_gives_the_same_frames(sizes: list[int], cuts: list[int]) -
     assert responder.channel.receive_data(b"") == [ChannelClosed(code=ErrorCode.NO_ERROR)]
 
 
+@given(
+    sizes=st.lists(st.integers(1, 150_000), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 10**6), max_size=12),
+)
+def test_bodies_decrypt_into_the_drivers_buffers(sizes: list[int], cuts: list[int]) -> None:
+    # A driver that recycles buffers hands out dirty ones bigger than asked: each body must be
+    # exactly its frame, whatever the buffer held and however the wire is cut.
+    handed: list[tuple[int, bytearray]] = []
+
+    def dirty_buffer(size: int) -> bytearray:
+        buffer = bytearray(b"\xa5" * (size + 1000))
+        handed.append((size, buffer))
+        return buffer
+
+    initiator, responder = make_pair(responder_body_buffer=dirty_buffer)
+    run_handshake(initiator, responder)
+    bodies = [_body(size, salt) for salt, size in enumerate(sizes)]
+    wire = b"".join(initiator.channel.send_frames(bodies))
+    points = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
+    events = []
+    for start, stop in itertools.pairwise(points):
+        events += responder.channel.receive_data(wire[start:stop])
+    assert [bytes(e.body) for e in events if isinstance(e, FrameReceived)] == bodies
+    assert [size for size, _ in handed] == sizes
+    for event, (_, buffer) in zip(events, handed, strict=True):
+        assert isinstance(event, FrameReceived)
+        assert isinstance(event.body, memoryview)
+        assert event.body.obj is buffer  # decrypted in place, not copied out
+
+
 def test_small_frames_share_records() -> None:
     initiator, responder = _connected()
     bodies = [b"m%d" % i for i in range(100)]
