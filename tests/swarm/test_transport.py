@@ -346,3 +346,30 @@ def test_send_buffer_pool_reuses_only_released_buffers() -> None:
     big = pool.take(4096)  # larger than the pool's buffers: a fresh one, never pooled
     assert len(big) == 4096
     assert all(b is not big for b in pool._buffers)
+
+
+async def test_big_bodies_a_handler_keeps_are_never_recycled() -> None:
+    """Chunk-sized bodies arrive in recycled buffers; one a handler still holds is never reused,
+    so a later frame cannot overwrite it."""
+    kept: list[bytes | bytearray | memoryview] = []
+
+    class Keeper(Recorder):
+        def frame_received(self, conn: PeerConnection, body: bytes | bytearray) -> None:
+            kept.append(body)  # no copy: the handler owns the buffer
+            super().frame_received(conn, body)
+
+    keeper = Keeper()
+    async with _transport("b") as (b, _):
+        a = SwarmTransport(swarm_key=SWARM_KEY, identity=_identity("a"), handler=keeper)
+        try:
+            where = await a.listen("127.0.0.1", 0)
+            conn = await b.connect(where.host, where.port)
+            bodies = [os.urandom(n) for n in (70_000, 1 << 20, 200_000, 1 << 20, 100)] * 6
+            for body in bodies:
+                conn.send_frame(body)
+                await conn.drain()
+            await keeper.wait_for(lambda: len(kept) == len(bodies))
+            assert [bytes(body) for body in kept] == bodies
+            assert any(isinstance(body, memoryview) for body in kept)  # the pooled path ran
+        finally:
+            await a.close()
