@@ -77,7 +77,7 @@ class ChunkSource(Protocol):
         """(chunk_count, SPEC §7.5.6 bitmap) of verified chunks, None if nothing; cheap, sync."""
         ...
 
-    async def read_chunk(self, handle: bytes, index: int) -> bytes | None:
+    async def read_chunk(self, handle: bytes, index: int) -> bytes | memoryview | None:
         """The bytes of a verified chunk (read on a worker thread), None if not held (any more)."""
         ...
 
