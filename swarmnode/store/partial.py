@@ -226,12 +226,15 @@ class PartialBlob:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_chunk(self, index: int, data: bytes | memoryview, digest: bytes) -> bool:
+    def write_chunk(
+        self, index: int, data: bytes | memoryview, digest: bytes, *, writeback: bool = True
+    ) -> bool:
         """Verify chunk ``index`` against ``digest`` and write it in place.
 
         False (nothing written or marked) when the data does not match (or, once the outline
         is known, ``digest`` is not chunk ``index``'s); True when written, or already held.
-        Raises ``DiskFull`` on ENOSPC/EDQUOT (the chunk stays unverified).
+        Raises ``DiskFull`` on ENOSPC/EDQUOT (the chunk stays unverified). ``writeback`` False
+        leaves starting the chunk's writeback to the caller (``start_writeback``).
         """
         if not 0 <= index < self.chunk_count:
             raise ValueError(f"chunk index {index} out of range")
@@ -255,10 +258,8 @@ class PartialBlob:
         except OSError as exc:
             raise_if_disk_full(exc)
             raise
-        if start_writeback is not None:
-            # The disk starts on this chunk now, so ``flush`` and the final ``seal`` wait for
-            # the last few chunks instead of every dirty page (store/files.py does the same).
-            start_writeback(self._fd, index * self.chunk_size, self._chunk_len(index))
+        if writeback:
+            self.start_writeback(index, 1)
         with self._lock:
             if self._bit(index):  # another thread wrote the same chunk meanwhile
                 return True
@@ -268,6 +269,16 @@ class PartialBlob:
             self._advance_prefix()
         self._hash_in_order(index, data)
         return True
+
+    def start_writeback(self, first: int, count: int) -> None:
+        """Start writing chunks ``[first, first + count)`` to the disk now, so ``flush`` and the
+        final ``seal`` wait for the last few chunks instead of every dirty page (store/files.py
+        does the same for uploads). Advisory: on a file closed meanwhile (its descriptor number
+        perhaps reused) it at worst starts writeback of another file early."""
+        fd = self._fd
+        if start_writeback is not None and fd >= 0 and count > 0:
+            offset = first * self.chunk_size
+            start_writeback(fd, offset, min(self.size, (first + count) * self.chunk_size) - offset)
 
     def _hash_in_order(self, index: int, data: bytes | memoryview) -> None:
         """Advance the in-order hasher over the verified prefix (see the module docstring)."""

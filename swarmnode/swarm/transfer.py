@@ -9,10 +9,11 @@ timeouts) and the ``ChunkServer`` (answering peers fairly). What stays here is I
   are queued in announcement order, at most ``max_active`` have an open partial file at once;
   rows that left ``remote`` because retention dropped them are cancelled and their partial files
   deleted. Downloads found on disk at start resume from their persisted bitmap.
-- **Writes**: the fetcher hands over each arriving chunk with the digest the outline promises; a
-  worker thread verifies and writes it (``PartialBlob.write_chunk``) and the outcome goes back to
-  the fetcher (stored / rejected: the peer is struck / failed: the disk is full). Stored chunks are
-  announced to interested peers (HaveUpdate), so a node serves a blob while still fetching it.
+- **Writes**: the fetcher hands over each arriving chunk with the digest the outline promises;
+  ``ChunkWriter`` verifies and writes it (``PartialBlob.write_chunk``: on the loop while the disk
+  keeps up, else on a worker thread) and the outcome goes back to the fetcher (stored / rejected:
+  the peer is struck / failed: the disk is full). Stored chunks are announced to interested peers
+  (HaveUpdate), so a node serves a blob while still fetching it.
 - **Durability**: each download's bitmap is persisted every ``flush_interval_s`` (content
   fdatasync first), so a crash loses at most that much work. A complete download is checked
   against its handle and installed like an upload.
@@ -29,7 +30,7 @@ import collections
 import logging
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import blake3
@@ -42,6 +43,7 @@ from swarmnode.store.errors import DiskFull
 from swarmnode.store.metadata import hex_of_handle
 from swarmnode.store.partial import PartialBlob, discard_partial, partial_handles
 from swarmnode.store.service import BlobReader, BlobService
+from swarmnode.swarm.chunk_writer import ChunkWriter
 from swarmnode.swarm.chunkserver import ChunkServer
 from swarmnode.swarm.deadline import DeadlineTimer
 from swarmnode.swarm.driver import SwarmDriver
@@ -101,7 +103,7 @@ class BlobTransfers:
         self._small_ready: list[Download] = []
         self._small_wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: ChunkWriter | None = None
         self._wake = asyncio.Event()
         self._timer = DeadlineTimer(self._on_timer)
         self._running = False
@@ -122,9 +124,7 @@ class BlobTransfers:
         return self._loop
 
     async def start(self) -> None:
-        self._writer = ThreadPoolExecutor(
-            self.config.write_threads, thread_name_prefix="blob-fetch"
-        )
+        self._writer = ChunkWriter(self.config.writes, self.loop)
         self._running = True
         self._blobs.add_local_listener(self._on_local)
         await self._source.load()
@@ -160,7 +160,7 @@ class BlobTransfers:
                     )
         self._active.clear()
         if self._writer is not None:
-            await asyncio.to_thread(self._writer.shutdown)
+            await self._writer.close()
             self._writer = None
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -269,12 +269,12 @@ class BlobTransfers:
         assert self._writer is not None
         download.write_started()
         self.counters["bytesReceived"] += len(notice.data)
-        job = self._writer.submit(
-            download.partial.write_chunk, notice.index, notice.data, notice.digest
-        )
-        loop = self.loop  # the callback runs on the worker thread
-        job.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._written, download, notice, done)
+        self._writer.write(
+            download.partial,
+            notice.index,
+            notice.data,
+            notice.digest,
+            lambda outcome: self._written(download, notice, outcome),
         )
 
     def _keep_small(self, download: Download, notice: WriteChunk) -> None:
@@ -381,7 +381,8 @@ class BlobTransfers:
                 outline = download.outline if download.row.size else b""
                 assert outline is not None, "a complete download has a verified outline"
                 await self._blobs.io(partial.set_outline, outline)
-            ok = await self._blobs.io(partial.finish)
+            assert self._writer is not None
+            ok = await self._writer.run(partial.finish)  # after the chunks' queued hashing
             if not ok:
                 log.error("blob.content_mismatch", extra={"handle": download.handle})
                 download.failed = "content does not match its handle"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from swarmnode.swarm.chunk_writer import WriteConfig
 from swarmnode.swarm.fetcher import FetcherConfig
 
 __all__ = ["FLUSH_INTERVAL_ENV", "TransferConfig", "transfer_config_from_env"]
@@ -37,11 +38,9 @@ class TransferConfig:
     disk_retry_s: float = 2.0
     # Free bytes that count as "space returned": a few chunks' worth beyond the next reservation.
     disk_headroom_bytes: int = 4 << 20
-    # Threads that verify and write arriving chunks (blake3 and pwrite release the GIL). One:
-    # chunks are then written in arrival order, so the whole-blob hash follows from memory instead
-    # of reading chunks back. Measured on a 1 GiB fetch (8 alternating runs each, same session):
-    # 1 thread 0.86 s median with 1.08 CPU-s on the fetching node, 2 threads 0.87 s with 1.14.
-    write_threads: int = 1
+    # Where arriving chunks are verified and written (chunk_writer.py: on the loop while the
+    # disk keeps up, else on the one worker thread, which also does the whole-blob hashing).
+    writes: WriteConfig = field(default_factory=WriteConfig)
 
 
 def transfer_config_from_env(environ: Mapping[str, str]) -> TransferConfig:
