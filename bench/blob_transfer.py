@@ -160,8 +160,9 @@ async def _node_once(work: Path, src: Path, size: int, run: int) -> dict[str, An
             await wait_until(lambda: all_alive(session, [a, b]), JOIN_DEADLINE_S, "A, B alive")
             # A's upload and B's download each write ``size`` bytes of new page cache (the
             # baseline's receiver only one): recycle enough for both, so B does not pay for
-            # fresh memory the baseline never touches (DESIGN.md).
-            recycle_memory(work / "recycle.bin", 2 * size)
+            # fresh memory the baseline never touches (DESIGN.md). With 2 × size, 2 of 8 runs
+            # still stalled on fresh pages (B at ~2.4 CPU-s instead of ~0.7); 3 × size, none.
+            recycle_memory(work / "recycle.bin", 3 * size)
             warm(src)
             handle = await upload_file(a, src)
             t0 = loop.time()
