@@ -196,8 +196,9 @@ async def file_baseline(work: Path, src: Path, size: int) -> dict[str, Any]:
         out.unlink(missing_ok=True)
 
 
-async def many_baseline(work: Path, blobs: list[bytes]) -> dict[str, Any]:
-    """``blobs`` from files over one raw TCP connection into one fsynced file each."""
+async def many_baseline(work: Path, blobs: list[bytes], *, keep: bool = False) -> dict[str, Any]:
+    """``blobs`` from files over one raw TCP connection into one fsynced file each. ``keep``
+    leaves the files under ``work`` for the caller to delete (see ``bench_small``)."""
     src, dst = work / "small-src", work / "small-dst"
     src.mkdir()
     dst.mkdir()
@@ -206,8 +207,9 @@ async def many_baseline(work: Path, blobs: list[bytes]) -> dict[str, Any]:
             (src / f"{i:06d}").write_bytes(data)
         got = await raw_pair(["recv-many", str(dst), str(len(blobs))], ["send-many", str(src)])
     finally:
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(dst, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(src, ignore_errors=True)
+            shutil.rmtree(dst, ignore_errors=True)
     got["blobs_per_s"] = round(len(blobs) / got["seconds"], 1)
     return got
 
