@@ -202,6 +202,8 @@ async def _node_once(work: Path, src: Path, size: int, run: int) -> dict[str, An
         "polled_seconds": done - t0,
         "fetched_log_seconds": None if record is None else record.get("seconds"),
         "duplicate_bytes": totals.get("duplicateBytes"),
+        "slow_writes": totals.get("slowWrites"),
+        "threaded_writes": totals.get("threadedWrites"),
         "cpu_sender_s": round(cpu_a, 3),
         "cpu_receiver_s": round(cpu_b, 3),
         "rss_growth_receiver_mib": out["rss_growth_mib"],

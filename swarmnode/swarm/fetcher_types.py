@@ -65,8 +65,8 @@ class FetcherConfig:
 
 @dataclass(frozen=True, slots=True)
 class WriteChunk:
-    """The driver verifies ``blake3(data) == digest`` and writes the chunk (worker thread), then
-    calls ``chunk_stored`` or ``chunk_rejected``: hashing stays off the machine."""
+    """The driver verifies ``blake3(data) == digest`` and writes the chunk (``ChunkWriter``),
+    then calls ``chunk_stored`` or ``chunk_rejected``: hashing stays off the machine."""
 
     handle: bytes
     index: int
