@@ -134,12 +134,16 @@ async def test_a_full_disk_reaches_the_callback_as_the_exception() -> None:
         await writer.close()
 
 
-async def test_one_slow_write_is_no_trend_but_two_move_writes_to_the_thread() -> None:
+def _timed_writer() -> tuple[FakeClock, TimedPartial, ChunkWriter, Outcomes]:
+    """A writer on a fake clock (slow: 20 ms, twice within 1 s; stall: 100 ms; 0.5 s away)."""
     clock = FakeClock()
-    partial = TimedPartial(clock)
     config = WriteConfig(slow_write_s=0.02, slow_window_s=1.0, stall_s=0.1, threaded_for_s=0.5)
     writer = ChunkWriter(config, asyncio.get_running_loop(), clock)
-    outcomes = Outcomes()
+    return clock, TimedPartial(clock), writer, Outcomes()
+
+
+async def test_one_slow_write_is_no_trend_but_two_move_writes_to_the_thread() -> None:
+    clock, partial, writer, outcomes = _timed_writer()
     loop_thread = threading.get_ident()
     try:
         partial.durations = [0.03]  # one slow write: the next one stays on the loop
@@ -159,11 +163,7 @@ async def test_one_slow_write_is_no_trend_but_two_move_writes_to_the_thread() ->
 
 
 async def test_a_stall_moves_writes_at_once_and_the_time_on_the_thread_doubles() -> None:
-    clock = FakeClock()
-    partial = TimedPartial(clock)
-    config = WriteConfig(slow_write_s=0.02, slow_window_s=1.0, stall_s=0.1, threaded_for_s=0.5)
-    writer = ChunkWriter(config, asyncio.get_running_loop(), clock)
-    outcomes = Outcomes()
+    clock, partial, writer, outcomes = _timed_writer()
     loop_thread = threading.get_ident()
 
     async def where_next_write_runs() -> bool:
