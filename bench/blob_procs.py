@@ -24,8 +24,8 @@ import aiohttp
 from bench.pagecache import MIB, make_input, recycle_memory, warm
 from bench.procstats import cpu_seconds, rss_growth
 from bench.swarm_procs import SWARM_KEY
-from tests.helpers.node_proc import REPO_ROOT, NodeProcess
-from tests.helpers.tcp_proxy import TcpProxy
+from netsim.nodeproc import REPO_ROOT, NodeProcess
+from netsim.proxy import TcpProxy
 
 __all__ = [
     "MIB",

@@ -72,8 +72,8 @@ from bench.blob_procs import (
     warm,
 )
 from bench.swarm_procs import all_alive, progress, wait_until
-from tests.helpers.node_proc import NodeProcess, NodeStartError
-from tests.helpers.tcp_proxy import TcpProxy
+from netsim.nodeproc import NodeProcess, NodeStartError
+from netsim.proxy import TcpProxy
 
 WORK_PARENT = Path(__file__).resolve().parent / "results" / "tmp"
 NODE_GOAL = 0.80
@@ -267,7 +267,7 @@ def _summary(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
 def _check_rate_cap() -> None:
     params = inspect.signature(TcpProxy).parameters
     if "rate_to_client_bps" not in params or "rate_to_target_bps" not in params:
-        raise MissingFeature("tests/helpers/tcp_proxy.py has no rate_to_client_bps yet")
+        raise MissingFeature("netsim/proxy.py has no rate_to_client_bps yet")
 
 
 async def _fetch(

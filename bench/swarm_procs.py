@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers.node_proc import NodeProcess
+from netsim.nodeproc import NodeProcess
 
 __all__ = [
     "SWARM_KEY",

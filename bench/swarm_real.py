@@ -32,7 +32,7 @@ from bench.swarm_procs import (
     status,
     wait_until,
 )
-from tests.helpers.node_proc import NodeProcess
+from netsim.nodeproc import NodeProcess
 
 __all__ = ["catch_up", "convergence", "event_payload"]
 

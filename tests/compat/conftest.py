@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.node_proc import NodeProcess
+from netsim.nodeproc import NodeProcess
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 _INSTALLED_MARKER = JS_DIR / "node_modules" / ".package-lock.json"

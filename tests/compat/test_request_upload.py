@@ -10,9 +10,9 @@ import aiohttp
 import blake3
 import pytest
 
+from netsim.nodeproc import NodeProcess
 from tests.compat.conftest import run_js
 from tests.helpers.blobfiles import PIECE, write_random_file
-from tests.helpers.node_proc import NodeProcess
 
 pytestmark = pytest.mark.compat
 

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from netsim.nodeproc import NodeProcess, http_offsets, http_publish, http_query
 from tests.compat.conftest import run_js
-from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish, http_query
 
 pytestmark = pytest.mark.compat
 

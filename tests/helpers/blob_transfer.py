@@ -18,8 +18,8 @@ import aiohttp
 import blake3
 from multidict import CIMultiDict
 
+from netsim.nodeproc import NodeProcess
 from tests.helpers.blobfiles import PIECE
-from tests.helpers.node_proc import NodeProcess
 from tests.helpers.swarm_status import node_status
 
 __all__ = [

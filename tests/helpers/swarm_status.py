@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers.node_proc import NodeProcess, http_query
+from netsim.nodeproc import NodeProcess, http_query
 
 __all__ = ["free_port", "node_status", "peer_states", "wait_holds", "wait_states"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers.node_proc import NodeProcess
+from netsim.nodeproc import NodeProcess
 
 
 @pytest.fixture

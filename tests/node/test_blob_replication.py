@@ -29,6 +29,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from netsim.nodeproc import NodeProcess
+from netsim.proxy import TcpProxy
 from protocol.outline import CHUNK_SIZE
 from tests.helpers.blob_transfer import (
     get_metadata,
@@ -41,9 +43,7 @@ from tests.helpers.blob_transfer import (
     wait_metadata,
 )
 from tests.helpers.blobfiles import write_random_file
-from tests.helpers.node_proc import NodeProcess
 from tests.helpers.swarm_status import node_status
-from tests.helpers.tcp_proxy import TcpProxy
 
 SWARM_KEY = hashlib.blake2s(b"blob replication test").hexdigest()
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"

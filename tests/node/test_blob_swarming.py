@@ -19,9 +19,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from netsim.nodeproc import NodeProcess
 from tests.helpers.blob_transfer import upload_file, wait_local
 from tests.helpers.blobfiles import write_random_file
-from tests.helpers.node_proc import NodeProcess
 
 SWARM_KEY = hashlib.blake2s(b"blob swarming test").hexdigest()
 MIB = 1 << 20

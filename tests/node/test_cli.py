@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.node_proc import NodeProcess, run_cli
+from netsim.nodeproc import NodeProcess, run_cli
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 NODE_ID = re.compile(r"[a-z0-9]{1,15}")

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import blake3
 
-from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish, http_query
+from netsim.nodeproc import NodeProcess, http_offsets, http_publish, http_query
 
 _PIECE = 1 << 20
 _BIG = 96 * _PIECE

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish
+from netsim.nodeproc import NodeProcess, http_offsets, http_publish
 from tests.helpers.tmpfs import mounted_tmpfs
 
 _WAIT_S = 20.0

@@ -17,8 +17,8 @@ import aiohttp
 import blake3
 import pytest
 
+from netsim.nodeproc import NodeProcess, http_offsets, http_publish, http_query
 from tests.helpers.blobfiles import PIECE, write_random_file
-from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish, http_query
 
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"
 METADATA_NAME = "ActyxOS-BlobService-Metadata"

@@ -26,9 +26,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers.node_proc import NodeProcess, http_offsets, http_publish
+from netsim.nodeproc import NodeProcess, http_offsets, http_publish
+from netsim.proxy import CutMode, TcpProxy, process_of_port
 from tests.helpers.swarm_status import free_port, wait_holds, wait_states
-from tests.helpers.tcp_proxy import CutMode, TcpProxy, process_of_port
 
 SWARM_KEY = hashlib.blake2s(b"partition test swarm").hexdigest()
 DEADLINE = 60.0  # per phase: cold starts and probing on a loaded 2-core machine

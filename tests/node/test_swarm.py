@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers.node_proc import (
+from netsim.nodeproc import (
     NodeProcess,
     http_offsets,
     http_publish,

@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 import blake3
 
+from netsim.nodeproc import NodeProcess
 from tests.helpers.blob_transfer import get_metadata, wait_blob_status, wait_metadata
-from tests.helpers.node_proc import NodeProcess
 
 SWARM_KEY = hashlib.blake2s(b"node swarm blobs test").hexdigest()
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.helpers.tcp_proxy import TcpProxy
+from netsim.proxy import TcpProxy
 
 DEADLINE = 30.0
 MIB = 1 << 20

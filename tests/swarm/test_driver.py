@@ -16,6 +16,7 @@ from typing import cast
 
 import pytest
 
+from netsim.proxy import TcpProxy
 from protocol.codec import decode, encode
 from protocol.errors import ErrorCode
 from protocol.eventchain import EventRecord
@@ -36,7 +37,6 @@ from swarmnode.swarm.membership import MembershipConfig
 from swarmnode.swarm.outbox import Outbox
 from swarmnode.swarm.transport import PeerConnection, SwarmTransport, TransportConfig
 from tests.helpers.events_chain import RemoteSource, identity_from_seed
-from tests.helpers.tcp_proxy import TcpProxy
 
 SWARM_KEY = hashlib.blake2s(b"driver test swarm").digest()
 OTHER_KEY = hashlib.blake2s(b"another swarm").digest()

@@ -28,11 +28,11 @@ import aiohttp
 import blake3
 import pytest
 
+from netsim.proxy import TcpProxy
 from protocol.outline import CHUNK_SIZE
 from swarmnode.config import HostPort
 from swarmnode.node import Node
 from swarmnode.swarm.driver_config import ADVERTISE_ENV
-from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.tmpfs import mounted_tmpfs
 from tests.swarm.test_transfer_nodes import blobs_url, make_config
 

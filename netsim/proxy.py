@@ -1,5 +1,5 @@
-"""A TCP proxy for tests: forwards 127.0.0.1:<port> to a target, and can cut and heal the link,
-cap its bandwidth and add latency.
+"""A TCP proxy for netsim and the tests: forwards 127.0.0.1:<port> to a target, and can cut and
+heal the link, cap its bandwidth and add latency.
 
 ``cut(mode, sources=...)`` breaks the connections of the chosen clients (all by default):
 

@@ -1,4 +1,5 @@
-"""Runs the real node as a subprocess (``python -m swarmnode``) for integration and crash tests.
+"""Runs the real node as a subprocess (``python -m swarmnode``): for netsim, integration and crash
+tests, and the benchmarks.
 
 An in-process app test cannot show what an operator or an app sees: the CLI, signals, the files in
 the data dir, what survives ``kill -9``. ``NodeProcess`` starts the node on ephemeral ports, learns
@@ -16,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +37,7 @@ __all__ = [
     "run_cli",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A cold start imports aiohttp, cryptography and SQLite: seconds on a loaded 2-core machine.
 START_TIMEOUT_S = 30.0
@@ -147,9 +148,11 @@ class NodeProcess:
         *,
         extra_args: Sequence[str] = (),
         log_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})  # over this process's environment, for this node only
         self.log_dir = log_dir or data_dir.parent / (data_dir.name + "-logs")
         self.runs = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -225,7 +228,7 @@ class NodeProcess:
             stdout=self._stderr,
             stderr=self._stderr,
             cwd=REPO_ROOT,
-            env=_env(),
+            env={**_env(), **self.env},
         )
         try:
             self._info = await self._wait_for_node_file(within)
