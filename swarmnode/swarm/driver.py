@@ -540,6 +540,7 @@ class SwarmDriver:
             conn.close(ErrorCode.RESOURCE_LIMIT)
             return
         self.counters["frames_out"] += len(bodies)
+        self.counters["bytes_out"] += sum(map(len, bodies))
 
     def _outbox_of(self, peer: str) -> Outbox | None:
         """The send queue of the connection that carries our sends to ``peer``, if any."""

@@ -19,8 +19,8 @@ import blake3
 from multidict import CIMultiDict
 
 from netsim.nodeproc import NodeProcess
+from netsim.observe import node_status
 from tests.helpers.blobfiles import PIECE
-from tests.helpers.swarm_status import node_status
 
 __all__ = [
     "Download",

@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 
 from netsim.nodeproc import NodeProcess
+from netsim.observe import node_status
 from netsim.proxy import TcpProxy
 from protocol.outline import CHUNK_SIZE
 from tests.helpers.blob_transfer import (
@@ -43,7 +44,6 @@ from tests.helpers.blob_transfer import (
     wait_metadata,
 )
 from tests.helpers.blobfiles import write_random_file
-from tests.helpers.swarm_status import node_status
 
 SWARM_KEY = hashlib.blake2s(b"blob replication test").hexdigest()
 METADATA_SEMANTICS = "com.actyx.os.blobs.metadata"

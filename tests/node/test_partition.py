@@ -27,8 +27,8 @@ import aiohttp
 import pytest
 
 from netsim.nodeproc import NodeProcess, http_offsets, http_publish
+from netsim.observe import free_port, wait_holds, wait_states
 from netsim.proxy import CutMode, TcpProxy, process_of_port
-from tests.helpers.swarm_status import free_port, wait_holds, wait_states
 
 SWARM_KEY = hashlib.blake2s(b"partition test swarm").hexdigest()
 DEADLINE = 60.0  # per phase: cold starts and probing on a loaded 2-core machine

@@ -19,7 +19,7 @@ from netsim.nodeproc import (
     http_publish,
     run_cli,
 )
-from tests.helpers.swarm_status import (
+from netsim.observe import (
     free_port,
     node_status,
     wait_holds,

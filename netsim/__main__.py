@@ -1,0 +1,53 @@
+"""``python -m netsim list`` and ``python -m netsim run SCENARIO [--nodes N] [--seed S]
+[--report FILE]``: progress on stderr, a readable summary on stdout, the JSON report in FILE.
+Exit status 0 only when the run converged and every invariant held."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from netsim.runner import DEFAULT_DEADLINE_S, run_scenario
+from netsim.scenario import SCENARIOS
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m netsim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the scenarios, with their default sizes")
+    run = sub.add_parser("run", help="run one scenario on real nodes")
+    run.add_argument("scenario", choices=sorted(SCENARIOS))
+    run.add_argument("--nodes", type=int, default=None, help="default: the scenario's own")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    run.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S, help="seconds per phase")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if args.command == "list":
+        for spec in sorted(SCENARIOS.values(), key=lambda s: s.name):
+            print(f"{spec.name:20s} {spec.nodes:4d} nodes  {spec.summary}")
+        return 0
+    if args.nodes is not None and args.nodes < 2:
+        print("--nodes must be at least 2", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(
+            run_scenario(args.scenario, nodes=args.nodes, seed=args.seed, deadline_s=args.deadline)
+        )
+    except KeyboardInterrupt:
+        print("interrupted: nodes stopped", file=sys.stderr)
+        return 130
+    print(report.summary())
+    if args.report is not None:
+        args.report.write_text(json.dumps(report.as_json(), indent=2) + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

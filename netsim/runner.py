@@ -1,0 +1,183 @@
+"""Runs one scenario on a fresh cluster and writes the report (JSON, and a readable summary).
+
+After the scenario's script returns, the runner waits (up to the deadline) until every live node
+holds every acknowledged event and sees every other live node alive: that is convergence, timed
+from the scenario's ``faults_over()``. Then it reads every node's events and status and checks
+the invariants (netsim/invariants.py). The run passed only if it converged and every invariant
+held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from netsim.cluster import Cluster
+from netsim.invariants import (
+    Check,
+    acknowledged_events_everywhere,
+    gapless_subscriptions,
+    identical_events,
+)
+from netsim.nodeproc import http_offsets
+from netsim.observe import node_status, wait_holds
+from netsim.scenario import SCENARIOS, Run
+
+__all__ = ["Report", "run_scenario"]
+
+# Per phase (membership, detection, convergence): cold starts and probing on a loaded machine.
+DEFAULT_DEADLINE_S = 60.0
+
+
+@dataclass(slots=True)
+class Report:
+    scenario: str
+    seed: int
+    nodes: int
+    converged: bool = False
+    convergence_s: float | None = None
+    invariants: list[Check] = field(default_factory=list)
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    duplicate_bytes: int = 0
+    duplicate_events: int = 0
+    max_hops: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.converged and self.error is None and all(c.ok for c in self.invariants)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "nodes": self.nodes,
+            "ok": self.ok,
+            "converged": self.converged,
+            "convergence_s": self.convergence_s,
+            "invariants": [c.as_json() for c in self.invariants],
+            "bytes_sent": self.bytes_sent,
+            "duplicate_bytes": self.duplicate_bytes,
+            "duplicate_events": self.duplicate_events,
+            "max_hops": self.max_hops,
+            "phases_s": self.phases,
+            "error": self.error,
+        }
+
+    def summary(self) -> str:
+        conv = "n/a" if self.convergence_s is None else f"{self.convergence_s:.2f} s"
+        lines = [
+            f"scenario {self.scenario}  nodes {self.nodes}  seed {self.seed}",
+            f"converged {'yes' if self.converged else 'NO'} in {conv}",
+        ]
+        lines += [f"  phase {name}: +{at:.2f} s" for name, at in self.phases.items()]
+        lines += [f"  [{'ok' if c.ok else 'FAIL'}] {c.name}: {c.detail}" for c in self.invariants]
+        sent = sum(self.bytes_sent.values())
+        lines.append(
+            f"bytes sent {sent:,} over {len(self.bytes_sent)} nodes, duplicate events "
+            f"{self.duplicate_events}, duplicate blob bytes {self.duplicate_bytes}, "
+            f"max hops {self.max_hops}"
+        )
+        if self.error:
+            lines.append(f"error: {self.error}")
+        lines.append("PASS" if self.ok else "FAIL")
+        return "\n".join(lines)
+
+
+def _progress(text: str) -> None:
+    print(f"[netsim] {text}", file=sys.stderr, flush=True)
+
+
+async def run_scenario(
+    name: str,
+    *,
+    nodes: int | None = None,
+    seed: int = 1,
+    root: Path | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> Report:
+    """Run scenario ``name`` on ``nodes`` real nodes (its default if None) under ``root`` (a
+    temporary directory, removed afterwards, if None)."""
+    spec = SCENARIOS[name]
+    count = nodes if nodes is not None else spec.nodes
+    report = Report(scenario=name, seed=seed, nodes=count)
+    work = root if root is not None else Path(tempfile.mkdtemp(prefix=f"netsim-{name}-"))
+    key = hashlib.blake2s(f"netsim/{name}/{seed}".encode()).hexdigest()
+    started = time.monotonic()
+    try:
+        _progress(f"{name}: starting {count} nodes (seed {seed})")
+        async with (
+            Cluster(work, count, swarm_key=key, env=spec.env) as cluster,
+            aiohttp.ClientSession() as session,
+        ):
+            run = Run(
+                cluster, session, random.Random(seed), deadline_s=deadline_s, progress=_progress
+            )
+            run.mark("nodes started")
+            try:
+                await spec.script(run)
+                run.marks.setdefault("faults over", time.monotonic())
+                await _converge(run, report)
+                await _collect(run, report)
+            except TimeoutError as exc:
+                report.error = f"timed out after {deadline_s:.0f} s in a phase ({exc})"
+            finally:
+                await run.stop_subscriptions()
+                report.phases = {k: round(v - started, 3) for k, v in run.marks.items()}
+    finally:
+        if root is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+async def _converge(run: Run, report: Report) -> None:
+    live = run.cluster.live()
+    want = run.history.upper_bounds()
+    _progress(f"waiting for {len(live)} nodes to converge")
+    try:
+        async with asyncio.timeout(run.deadline_s):
+            await asyncio.gather(*(wait_holds(run.session, m.proc, want) for m in live))
+        await run.all_alive(live)
+    except TimeoutError:
+        report.converged = False
+        report.error = f"no convergence within {run.deadline_s:.0f} s of the faults' end"
+        return
+    report.converged = True
+    report.convergence_s = round(time.monotonic() - run.marks["faults over"], 3)
+    run.mark("converged")
+
+
+async def _collect(run: Run, report: Report) -> None:
+    """Check the invariants on what every live node holds: everything acknowledged once it
+    converged, else whatever it has (the report then names what is missing)."""
+    live = run.cluster.live()
+    held = {}
+    for m in live:
+        upto = run.history.upper_bounds() if report.converged else None
+        if upto is None:
+            upto = await http_offsets(run.session, m.proc)
+        held[m.name] = await wait_holds(run.session, m.proc, upto)
+    report.invariants = [
+        acknowledged_events_everywhere(run.history, held),
+        identical_events(held),
+        gapless_subscriptions(run.history),
+    ]
+    for m in live:
+        status = await node_status(run.session, m.proc)
+        report.bytes_sent[m.name] = int(status.get("counters", {}).get("bytes_out", 0))
+        dissemination = status.get("dissemination", {})
+        report.duplicate_events += int(dissemination.get("duplicates", 0))
+        report.max_hops = max(report.max_hops, int(dissemination.get("max_hops", 0)))
+        totals = status.get("transferTotals", {})
+        report.duplicate_bytes += int(totals.get("duplicateBytes", 0))

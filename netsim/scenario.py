@@ -1,0 +1,210 @@
+"""Scenarios: seeded, repeatable fault scripts written as code, and what they can use.
+
+A scenario is an ``async def`` taking a ``Run`` and registered with ``@scenario``. The runner
+(``netsim/runner.py``) has started the cluster before it and, after it returns, waits for every
+live node to converge, then checks the invariants. A scenario ends its faults with
+``run.faults_over()``: convergence time is measured from there.
+
+Writing your own::
+
+    @scenario("my-split", nodes=6, summary="three ways apart, then whole")
+    async def my_split(run: Run) -> None:
+        await run.all_alive()
+        await run.subscribe_all()
+        groups = run.split(3)
+        run.cluster.partition(groups)
+        await run.publish_everywhere("during")
+        run.cluster.heal()
+        run.faults_over()
+
+Everything random comes from ``run.rng`` (seeded by ``--seed``), so a seed replays the same
+choices; the timing of real processes on a real machine still varies run to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from netsim.cluster import Cluster, Member
+from netsim.invariants import History
+from netsim.nodeproc import http_publish
+from netsim.observe import wait_states
+
+__all__ = ["SCENARIOS", "Run", "Scenario", "scenario"]
+
+# Events per node per publish round: a batch, so a round is one 201 per node.
+EVENTS_PER_ROUND = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    summary: str
+    nodes: int  # the default size
+    script: Callable[[Run], Awaitable[None]]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(
+    name: str, *, nodes: int, summary: str, env: dict[str, str] | None = None
+) -> Callable[[Callable[[Run], Awaitable[None]]], Callable[[Run], Awaitable[None]]]:
+    """Register ``script`` under ``name`` (``python -m netsim run NAME``)."""
+
+    def register(script: Callable[[Run], Awaitable[None]]) -> Callable[[Run], Awaitable[None]]:
+        if name in SCENARIOS:
+            raise ValueError(f"scenario {name!r} is registered twice")
+        SCENARIOS[name] = Scenario(name, summary, nodes, script, dict(env or {}))
+        return script
+
+    return register
+
+
+class Run:
+    """What a scenario works with: the cluster, an HTTP session, the seeded RNG, the history the
+    invariants are checked against, and a few steps most scenarios share."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        session: aiohttp.ClientSession,
+        rng: random.Random,
+        *,
+        deadline_s: float,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.cluster = cluster
+        self.session = session
+        self.rng = rng
+        self.deadline_s = deadline_s
+        self.progress = progress
+        self.history = History()
+        self.marks: dict[str, float] = {}
+        self._rounds = 0
+        self._subscriptions: list[asyncio.Task[None]] = []
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    async def all_alive(self, members: Sequence[Member] | None = None) -> None:
+        """Wait until each of ``members`` (default: the live ones) sees every other as alive."""
+        group = list(members) if members is not None else self.cluster.live()
+        ids = [m.node_id for m in group]
+
+        def alive(state: str | None) -> bool:
+            return state == "alive"
+
+        async with asyncio.timeout(self.deadline_s):
+            await asyncio.gather(
+                *(
+                    wait_states(self.session, m.proc, {p: alive for p in ids if p != m.node_id})
+                    for m in group
+                )
+            )
+
+    async def sees_dead(self, watchers: Sequence[Member], gone: Sequence[Member]) -> None:
+        """Wait until every watcher marks every one of ``gone`` dead."""
+
+        def dead(state: str | None) -> bool:
+            return state == "dead"
+
+        want: dict[str, Callable[[str | None], bool]] = {m.node_id: dead for m in gone}
+        async with asyncio.timeout(self.deadline_s):
+            await asyncio.gather(*(wait_states(self.session, w.proc, want) for w in watchers))
+
+    async def publish(self, members: Sequence[Member], tag: str) -> None:
+        """One batch of EVENTS_PER_ROUND events on each of ``members``, recorded when acked."""
+        self._rounds += 1
+        round_no = self._rounds
+
+        async def one(m: Member) -> None:
+            ids = [f"{m.name}-{tag}-{round_no}-{k}" for k in range(EVENTS_PER_ROUND)]
+            data = [{"semantics": "netsim", "name": tag, "payload": {"id": i}} for i in ids]
+            if await http_publish(self.session, m.proc, data) == 201:
+                self.history.acked(m.node_id, ids)
+
+        await asyncio.gather(*(one(m) for m in members))
+
+    async def publish_everywhere(self, tag: str) -> None:
+        await self.publish(self.cluster.live(), tag)
+
+    async def subscribe_all(self) -> None:
+        """A subscription on every live node, recorded until the run ends."""
+        for m in self.cluster.live():
+            self._subscriptions.append(asyncio.create_task(self._subscribe(m)))
+
+    def split(self, parts: int) -> list[list[str]]:
+        """The node names dealt into ``parts`` non-empty groups at random (seeded)."""
+        names = [m.name for m in self.cluster]
+        if not 1 <= parts <= len(names):
+            raise ValueError(f"cannot split {len(names)} nodes into {parts} groups")
+        self.rng.shuffle(names)
+        return [sorted(names[i::parts]) for i in range(parts)]
+
+    def members(self, names: Collection[str]) -> list[Member]:
+        return [m for m in self.cluster if m.name in names]
+
+    def mark(self, what: str) -> None:
+        self.marks[what] = time.monotonic()
+        self.progress(what)
+
+    def faults_over(self) -> None:
+        """The last fault is lifted: convergence is timed from here."""
+        self.mark("faults over")
+
+    async def stop_subscriptions(self) -> None:
+        for task in self._subscriptions:
+            task.cancel()
+        for task in self._subscriptions:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._subscriptions.clear()
+
+    async def _subscribe(self, m: Member) -> None:
+        label = f"{m.name}#{len(self._subscriptions)}"
+        body: dict[str, Any] = {"subscriptions": [{}]}
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+            async with self.session.post(
+                m.proc.events_url + "/subscribe",
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+            ) as resp:
+                if resp.status != 200:
+                    return
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    self.history.delivered(label, event["stream"]["source"], event["offset"])
+
+
+@scenario(
+    "partition-heal",
+    nodes=12,
+    summary="split in two at random, both halves keep writing until each marks the other dead, "
+    "heal, one more write on each side",
+    env={"SWARMNODE_PROBE_PERIOD": "0.2"},
+)
+async def partition_heal(run: Run) -> None:
+    await run.all_alive()
+    await run.subscribe_all()
+    await run.publish_everywhere("before")
+    left, right = (run.members(g) for g in run.split(2))
+    run.cluster.partition([[m.name for m in left], [m.name for m in right]])
+    run.mark("partitioned")
+    await run.publish_everywhere("during")
+    await asyncio.gather(run.sees_dead(left, right), run.sees_dead(right, left))
+    run.mark("each side marked the other dead")
+    run.cluster.heal()
+    run.faults_over()
+    await run.publish([left[0], right[0]], "after")
