@@ -139,9 +139,13 @@ class Run:
         await self.publish(self.cluster.live(), tag)
 
     async def subscribe_all(self) -> None:
-        """A subscription on every live node, recorded until the run ends."""
+        """A subscription on every live node, recorded until the run ends (or its node dies)."""
         for m in self.cluster.live():
-            self._subscriptions.append(asyncio.create_task(self._subscribe(m)))
+            self.subscribe(m)
+
+    def subscribe(self, m: Member) -> None:
+        """A subscription on ``m`` from offset 0 (e.g. again after a restart)."""
+        self._subscriptions.append(asyncio.create_task(self._subscribe(m)))
 
     def split(self, parts: int) -> list[list[str]]:
         """The node names dealt into ``parts`` non-empty groups at random (seeded)."""
@@ -208,3 +212,27 @@ async def partition_heal(run: Run) -> None:
     run.cluster.heal()
     run.faults_over()
     await run.publish([left[0], right[0]], "after")
+
+
+@scenario(
+    "crash-restart",
+    nodes=6,
+    summary="kill -9 a random node (not the first seed), keep writing on the others until they "
+    "mark it dead, restart it on its data dir, one more write everywhere",
+    env={"SWARMNODE_PROBE_PERIOD": "0.2"},
+)
+async def crash_restart(run: Run) -> None:
+    await run.all_alive()
+    await run.subscribe_all()
+    await run.publish_everywhere("before")
+    victim = run.rng.choice(run.cluster.members[1:])
+    await run.cluster.kill(victim.name)
+    run.mark(f"killed {victim.name}")
+    await run.publish_everywhere("while down")
+    await run.sees_dead(run.cluster.live(), [victim])
+    run.mark(f"{victim.name} marked dead")
+    await run.cluster.restart(victim.name)
+    run.mark(f"restarted {victim.name}")
+    run.subscribe(victim)
+    run.faults_over()
+    await run.publish_everywhere("after")

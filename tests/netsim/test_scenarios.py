@@ -70,6 +70,17 @@ async def test_partition_heal_converges_and_reports(tmp_path: Path) -> None:
     assert "each side marked the other dead" in err  # progress on stderr
 
 
+async def test_a_killed_node_restarts_and_catches_up(tmp_path: Path) -> None:
+    report = await run_scenario("crash-restart", nodes=4, seed=2, root=tmp_path)
+    assert report.ok, report.summary()
+    victim = next(p for p in report.phases if p.startswith("killed "))[len("killed ") :]
+    assert f"{victim} marked dead" in report.phases
+    assert f"restarted {victim}" in report.phases
+    # Its new subscription delivered everything again from offset 0, in order.
+    [_, _, gapless] = report.invariants
+    assert "5 subscriptions" in gapless.detail
+
+
 async def never_heals(run: Run) -> None:
     await run.all_alive()
     run.cluster.partition([["n0"], ["n1"]])
