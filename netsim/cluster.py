@@ -119,12 +119,14 @@ class Cluster:
         raise KeyError(name)
 
     def partition(self, groups: Sequence[Collection[str]], mode: CutMode = "blackhole") -> None:
-        """Split the nodes into ``groups`` (names; a node in no group is cut from everyone):
-        each proxy drops every client outside its own node's group."""
-        group_of = {name: set(group) for group in groups for name in group}
+        """Split the nodes into ``groups`` of names: two nodes can talk when some group holds
+        both. A node in no group is cut from everyone; a node in two groups bridges them."""
+        reach: dict[str, set[str]] = {m.name: {m.name} for m in self.members}
+        for group in groups:
+            for name in group:
+                reach[name] |= set(group)
         for m in self.members:
-            mine = group_of.get(m.name, {m.name})
-            m.proxy.cut(mode, sources={x.name for x in self.members if x.name not in mine})
+            m.proxy.cut(mode, sources={x.name for x in self.members if x.name not in reach[m.name]})
 
     def heal(self) -> None:
         """Let every link carry traffic again."""

@@ -37,7 +37,7 @@ import aiohttp
 from netsim.cluster import Cluster, Member
 from netsim.invariants import History
 from netsim.nodeproc import http_publish
-from netsim.observe import wait_states
+from netsim.observe import wait_holds, wait_states
 
 __all__ = ["SCENARIOS", "Run", "Scenario", "scenario"]
 
@@ -158,6 +158,14 @@ class Run:
     def members(self, names: Collection[str]) -> list[Member]:
         return [m for m in self.cluster if m.name in names]
 
+    async def converged_now(self) -> None:
+        """Wait until every live node holds every acknowledged event (faults may still be on)."""
+        want = self.history.upper_bounds()
+        async with asyncio.timeout(self.deadline_s):
+            await asyncio.gather(
+                *(wait_holds(self.session, m.proc, want) for m in self.cluster.live())
+            )
+
     def mark(self, what: str) -> None:
         self.marks[what] = time.monotonic()
         self.progress(what)
@@ -234,5 +242,29 @@ async def crash_restart(run: Run) -> None:
     await run.cluster.restart(victim.name)
     run.mark(f"restarted {victim.name}")
     run.subscribe(victim)
+    run.faults_over()
+    await run.publish_everywhere("after")
+
+
+@scenario(
+    "bridge",
+    nodes=7,
+    summary="two halves that reach each other only through one bridge node: writes on both "
+    "sides must arrive everywhere through it; then heal",
+    env={"SWARMNODE_PROBE_PERIOD": "0.2"},
+)
+async def bridge(run: Run) -> None:
+    await run.all_alive()
+    await run.subscribe_all()
+    names = [m.name for m in run.cluster]
+    run.rng.shuffle(names)
+    hub, rest = names[0], names[1:]
+    left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+    run.cluster.partition([[*left, hub], [*right, hub]])
+    run.mark(f"bridged by {hub}")
+    await run.publish(run.members(left[:1] + right[:1]), "across")
+    await run.converged_now()
+    run.mark("converged through the bridge")
+    run.cluster.heal()
     run.faults_over()
     await run.publish_everywhere("after")

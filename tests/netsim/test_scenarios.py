@@ -81,6 +81,14 @@ async def test_a_killed_node_restarts_and_catches_up(tmp_path: Path) -> None:
     assert "5 subscriptions" in gapless.detail
 
 
+async def test_writes_cross_a_bridge_node_while_the_halves_are_apart(tmp_path: Path) -> None:
+    report = await run_scenario("bridge", nodes=5, seed=2, root=tmp_path)
+    assert report.ok, report.summary()
+    phases = list(report.phases)
+    # Everyone held both sides' writes before the heal: they crossed through the bridge.
+    assert phases.index("converged through the bridge") < phases.index("faults over")
+
+
 async def never_heals(run: Run) -> None:
     await run.all_alive()
     run.cluster.partition([["n0"], ["n1"]])
