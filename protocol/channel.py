@@ -290,6 +290,13 @@ class SecureChannel:
     def handshake_complete(self) -> bool:
         return self.state is State.TRANSPORT
 
+    @property
+    def can_send(self) -> bool:
+        """True while frames may be sent: the handshake is done and neither side has closed.
+        A close notice read in the same ``receive_data`` call as earlier frames makes this False
+        before the driver has handled those frames."""
+        return self.state is State.TRANSPORT and not self._close_sent
+
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[ChannelEvent]:
         """Feed received bytes; ``b""`` means end of stream. Never keeps a reference to ``data``.
 

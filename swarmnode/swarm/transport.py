@@ -425,7 +425,12 @@ class _ChannelProtocol(asyncio.BufferedProtocol):
 
     def send_frames(self, bodies: Iterable[bytes | bytearray | memoryview]) -> None:
         transport = self._transport
-        if self.closing or transport is None or transport.is_closing():
+        if (
+            self.closing
+            or transport is None
+            or transport.is_closing()
+            or not self._channel.can_send  # the peer's close notice came with the last read
+        ):
             raise ConnectionResetError("connection is closing")
         # Each sealed piece goes to the socket while it is still in cache (SEND_PIECE_RECORDS),
         # in a buffer recycled once the transport has let go of it.

@@ -373,3 +373,16 @@ async def test_big_bodies_a_handler_keeps_are_never_recycled() -> None:
             assert any(isinstance(body, memoryview) for body in kept)  # the pooled path ran
         finally:
             await a.close()
+
+
+async def test_sending_on_a_channel_that_can_no_longer_send_is_a_closing_connection() -> None:
+    """A channel can be closed before its transport knows (a close notice read together with
+    earlier frames, whose handlers then reply). Such a send must fail as a closing connection
+    (ConnectionResetError, which every sender handles), not as a protocol error escaping the
+    handler. Seen in netsim's bridge scenario as transport.handler_failed."""
+    async with _transport("a") as (a, _), _transport("b") as (b, _):
+        where = await a.listen("127.0.0.1", 0)
+        conn = await b.connect(where.host, where.port)
+        conn._protocol._channel.close()  # the channel closes; the transport has not noticed yet
+        with pytest.raises(ConnectionResetError):
+            conn.send_frame(b"too late")
