@@ -163,13 +163,17 @@ def test_empty_record_is_refused() -> None:
         responder.channel.receive_data(U16.pack(TAGLEN) + bytes(TAGLEN))
 
 
+def _sendable(end: End) -> bool:
+    return end.channel.can_send
+
+
 def test_close_notice_carries_the_code_and_stops_sending() -> None:
     initiator, responder = _connected()
-    assert initiator.channel.can_send
-    assert responder.channel.can_send
+    assert _sendable(initiator)
+    assert _sendable(responder)
     wire = b"".join(initiator.channel.send_frame(b"last words"))
     wire += b"".join(initiator.channel.close(ErrorCode.BAD_DATA))
-    assert not initiator.channel.can_send
+    assert not _sendable(initiator)
     assert initiator.channel.close() == []  # only once
     with pytest.raises(LocalProtocolError):
         initiator.channel.send_frame(b"after close")
@@ -181,7 +185,7 @@ def test_close_notice_carries_the_code_and_stops_sending() -> None:
     # The frame before the notice is handled after the channel closed: a driver must check
     # can_send (a reply then raises LocalProtocolError, which the transport turns into a
     # closing connection).
-    assert not responder.channel.can_send
+    assert not _sendable(responder)
     assert responder.channel.receive_data(b"ignored after close") == []
     assert responder.channel.receive_data(b"") == []
     # The responder can still answer with its own notice.
