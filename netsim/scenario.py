@@ -43,6 +43,9 @@ __all__ = ["SCENARIOS", "Run", "Scenario", "scenario"]
 
 # Events per node per publish round: a batch, so a round is one 201 per node.
 EVENTS_PER_ROUND = 5
+# SWIM probing every 0.2 s instead of 1 s: failures are detected in seconds, so scenarios that
+# wait for "dead" stay short.
+FAST_PROBES = {"SWARMNODE_PROBE_PERIOD": "0.2"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,13 @@ class Run:
         """A subscription on ``m`` from offset 0 (e.g. again after a restart)."""
         self._subscriptions.append(asyncio.create_task(self._subscribe(m)))
 
+    async def begin(self) -> None:
+        """The usual start: every node sees every other alive, a subscription on each, and one
+        write on each."""
+        await self.all_alive()
+        await self.subscribe_all()
+        await self.publish_everywhere("before")
+
     def split(self, parts: int) -> list[list[str]]:
         """The node names dealt into ``parts`` non-empty groups at random (seeded)."""
         names = [m.name for m in self.cluster]
@@ -205,12 +215,10 @@ class Run:
     nodes=12,
     summary="split in two at random, both halves keep writing until each marks the other dead, "
     "heal, one more write on each side",
-    env={"SWARMNODE_PROBE_PERIOD": "0.2"},
+    env=FAST_PROBES,
 )
 async def partition_heal(run: Run) -> None:
-    await run.all_alive()
-    await run.subscribe_all()
-    await run.publish_everywhere("before")
+    await run.begin()
     left, right = (run.members(g) for g in run.split(2))
     run.cluster.partition([[m.name for m in left], [m.name for m in right]])
     run.mark("partitioned")
@@ -227,12 +235,10 @@ async def partition_heal(run: Run) -> None:
     nodes=6,
     summary="kill -9 a random node (not the first seed), keep writing on the others until they "
     "mark it dead, restart it on its data dir, one more write everywhere",
-    env={"SWARMNODE_PROBE_PERIOD": "0.2"},
+    env=FAST_PROBES,
 )
 async def crash_restart(run: Run) -> None:
-    await run.all_alive()
-    await run.subscribe_all()
-    await run.publish_everywhere("before")
+    await run.begin()
     victim = run.rng.choice(run.cluster.members[1:])
     await run.cluster.kill(victim.name)
     run.mark(f"killed {victim.name}")
@@ -251,11 +257,10 @@ async def crash_restart(run: Run) -> None:
     nodes=7,
     summary="two halves that reach each other only through one bridge node: writes on both "
     "sides must arrive everywhere through it; then heal",
-    env={"SWARMNODE_PROBE_PERIOD": "0.2"},
+    env=FAST_PROBES,
 )
 async def bridge(run: Run) -> None:
-    await run.all_alive()
-    await run.subscribe_all()
+    await run.begin()
     names = [m.name for m in run.cluster]
     run.rng.shuffle(names)
     hub, rest = names[0], names[1:]
