@@ -273,3 +273,30 @@ async def bridge(run: Run) -> None:
     run.cluster.heal()
     run.faults_over()
     await run.publish_everywhere("after")
+
+
+# flaky-links: how long each arrangement of cut links lasts, and how many there are.
+FLAKY_STEP_S = 0.5
+FLAKY_STEPS = 10
+
+
+@scenario(
+    "flaky-links",
+    nodes=8,
+    summary=f"{FLAKY_STEPS} times, every {FLAKY_STEP_S} s, a random third of the nodes loses all "
+    "its links (resets) while two random nodes write; then every link steady",
+    env=FAST_PROBES,
+)
+async def flaky_links(run: Run) -> None:
+    await run.begin()
+    names = [m.name for m in run.cluster]
+    for step in range(FLAKY_STEPS):
+        cut = run.rng.sample(names, k=max(1, len(names) // 3))
+        rest = [n for n in names if n not in cut]
+        run.cluster.partition([[n] for n in cut] + [rest], mode="reset")
+        await run.publish(run.members(run.rng.sample(names, 2)), f"flaky{step}")
+        # The fault's duration, not a wait for anything: links flap on a schedule.
+        await asyncio.sleep(FLAKY_STEP_S)
+    run.cluster.heal()
+    run.faults_over()
+    await run.publish_everywhere("after")

@@ -89,6 +89,14 @@ async def test_writes_cross_a_bridge_node_while_the_halves_are_apart(tmp_path: P
     assert phases.index("converged through the bridge") < phases.index("faults over")
 
 
+async def test_flapping_links_lose_no_acknowledged_write(tmp_path: Path) -> None:
+    report = await run_scenario("flaky-links", nodes=4, seed=4, root=tmp_path)
+    assert report.ok, report.summary()
+    [acked, _, _] = report.invariants
+    # begin + 10 flaps with 2 writers + the final round, 5 events each
+    assert acked.detail.startswith(f"{(4 + 10 * 2 + 4) * 5} acknowledged events")
+
+
 async def never_heals(run: Run) -> None:
     await run.all_alive()
     run.cluster.partition([["n0"], ["n1"]])
