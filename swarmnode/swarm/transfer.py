@@ -387,7 +387,8 @@ class BlobTransfers:
                 assert outline is not None, "a complete download has a verified outline"
                 await self._blobs.io(partial.set_outline, outline)
             assert self._writer is not None
-            ok = await self._writer.run(partial.finish)  # after the chunks' queued hashing
+            # On the writer thread: behind any chunk writes that went there while the disk was slow.
+            ok = await self._writer.run(partial.finish)
             if not ok:
                 log.error("blob.content_mismatch", extra={"handle": download.handle})
                 download.failed = "content does not match its handle"
