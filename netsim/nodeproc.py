@@ -35,7 +35,6 @@ __all__ = [
     "http_query",
     "node_command",
     "run_cli",
-    "run_module",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -114,18 +113,10 @@ async def run_cli(
     *args: str, within: float = 30.0, cwd: Path | None = None
 ) -> tuple[int, str, str]:
     """Run ``python -m swarmnode ARGS`` to completion; returns ``(exit code, stdout, stderr)``."""
-    return await run_module("swarmnode", *args, within=within, cwd=cwd)
-
-
-async def run_module(
-    module: str, *args: str, within: float = 30.0, cwd: Path | None = None
-) -> tuple[int, str, str]:
-    """Run ``python -m MODULE ARGS`` to completion (killed after ``within`` seconds); returns
-    ``(exit code, stdout, stderr)``."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        module,
+        "swarmnode",
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

@@ -6,20 +6,37 @@ Small sizes here (CI); ``python -m netsim run partition-heal --nodes 12`` is the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from netsim.nodeproc import run_module
+from netsim.nodeproc import REPO_ROOT
 from netsim.runner import run_scenario
 from netsim.scenario import SCENARIOS, Run, scenario
 
 pytestmark = pytest.mark.slow
 
 
+async def _netsim(*args: str, within: float) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "netsim",
+        *args,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def test_list_names_every_scenario() -> None:
-    code, out, _ = await run_module("netsim", "list", within=30)
+    code, out, _ = await _netsim("list", within=30)
     assert code == 0
     for name in SCENARIOS:
         assert name in out
@@ -27,8 +44,7 @@ async def test_list_names_every_scenario() -> None:
 
 async def test_partition_heal_converges_and_reports(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
-    code, out, err = await run_module(
-        "netsim",
+    code, out, err = await _netsim(
         "run",
         "partition-heal",
         "--nodes",
