@@ -4,9 +4,10 @@ Real processes stop at about 20 nodes on a 2-core machine; the state machines on
 show what the tree does at 100 and 1,000. Baseline: the theoretical hop count ⌈log₄ N⌉ + 1
 (a tree of fan-out about 4, the active view's order of size, plus the first hop).
 
-A node's distance to an event is ``hops + 1`` of the first eager ``EventBatch`` that brought it
-(the origin pushes with hops 0). Payload copies count every event in every ``EventBatch``
-delivered, repairs included, divided by (events × receiving nodes): 1.0 is a perfect tree.
+A node's distance to an event is ``hops + 1`` of the first ``EventBatch`` that brought it
+(the origin pushes with hops 0); a first receipt by repair has none (``netsim.simmode.EventWatch``).
+Payload copies count every event in every ``EventBatch`` delivered, repairs included, divided by
+(events × receiving nodes): 1.0 is a perfect tree.
 The first events of a fresh swarm still travel every eager edge (Plumtree prunes on duplicates),
 so the figures are given for the warm-up events and for the events after it separately, and
 for rounds in which every node publishes at once (what the real-process rounds do).
@@ -21,9 +22,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from netsim.program import Delivery
+from netsim.simmode import EventWatch, theoretical_hops
 from netsim.swarm import SwarmSim
-from protocol.messages import EventBatch
 
 __all__ = ["SimResult", "run_sim", "theoretical_hops"]
 
@@ -55,40 +55,9 @@ class SimResult:
         return out
 
 
-def theoretical_hops(n: int) -> int:
-    """⌈log₄ n⌉ + 1, in integers (no float rounding at powers of 4)."""
-    k = 0
-    while 4**k < n:
-        k += 1
-    return k + 1
-
-
-class _Watch:
-    """Counts payload copies and first-receipt distances of the events it is told to watch."""
-
-    def __init__(self) -> None:
-        self.copies = 0
-        self.first: dict[tuple[str, str, int], int] = {}
-        self.watched: set[tuple[str, int]] = set()
-
-    def __call__(self, d: Delivery) -> None:
-        msg = d.msg
-        if not isinstance(msg, EventBatch):
-            return
-        for record in msg.events:
-            if (record.source, record.offset) not in self.watched:
-                continue
-            self.copies += 1
-            key = (d.dst, record.source, record.offset)
-            if msg.hops is not None and key not in self.first:
-                self.first[key] = msg.hops + 1
-
-
-def _publish_spaced(swarm: SwarmSim, watch: _Watch, publishers: list[str]) -> None:
+def _publish_spaced(swarm: SwarmSim, watch: EventWatch, publishers: list[str]) -> None:
     for node in publishers:
-        offset = swarm.disks[node].store.head(node) + 1
-        watch.watched.add((node, offset))
-        swarm.publish(node, 1)
+        watch.publish(swarm, node)
         swarm.sim.run_for(SPACING_S)
 
 
@@ -106,17 +75,16 @@ def run_sim(n: int, *, seed: int = 1) -> SimResult:
     if joined is None:
         raise RuntimeError(f"simulated membership of {n} nodes did not converge")
     rng = random.Random(seed)
-    warm, measured = _Watch(), _Watch()
+    warm, measured = EventWatch(), EventWatch()
     swarm.sim.on_deliver.append(warm)
     swarm.sim.on_deliver.append(measured)
     _publish_spaced(swarm, warm, [rng.choice(swarm.ids) for _ in range(WARMUP_EVENTS)])
     _publish_spaced(swarm, measured, [rng.choice(swarm.ids) for _ in range(MEASURED_EVENTS)])
-    together = _Watch()
+    together = EventWatch()
     swarm.sim.on_deliver.append(together)
     for _ in range(CONCURRENT_ROUNDS):
         for node in swarm.ids:
-            together.watched.add((node, swarm.disks[node].store.head(node) + 1))
-            swarm.publish(node, 1)
+            together.publish(swarm, node)
         swarm.sim.run_for(SPACING_S)
     want = swarm.disks[swarm.ids[0]].store.offsets()
     for node in swarm.ids:
@@ -127,7 +95,7 @@ def run_sim(n: int, *, seed: int = 1) -> SimResult:
     )
     if done is None:
         raise RuntimeError(f"simulated events did not reach all {n} nodes")
-    hops = list(measured.first.values())
+    hops = measured.depths()
     receivers = n - 1
     return SimResult(
         nodes=n,
