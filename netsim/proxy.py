@@ -1,32 +1,54 @@
-"""A TCP proxy for netsim and the tests: forwards 127.0.0.1:<port> to a target, and can cut and
-heal the link, cap its bandwidth and add latency.
+"""A TCP proxy for netsim and the tests: forwards 127.0.0.1:<port> to a target, and breaks,
+slows and shapes the traffic of chosen clients, each way on its own.
 
-``cut(mode, sources=...)`` breaks the connections of the chosen clients (all by default):
+Who dialled. ``identify(peername)`` labels an accepted connection (``process_of_port`` finds the
+local process that owns the client socket through ``/proc``, so labels can be node processes).
+Everything below is keyed by that label. On a connection the client ``A`` dialled into the proxy
+in front of ``B``, ``"to_target"`` is what ``A`` sends ``B`` and ``"to_client"`` what ``B`` sends
+back.
 
-- ``"reset"``: their current connections are closed at once, new ones are accepted and closed.
-- ``"blackhole"``: nothing is forwarded any more, both ways, and nothing is closed: the proxy stops
-  reading (so the kernel buffers fill and the senders' writes back up), and new connections are
-  accepted and held without a byte reaching the target, like a network that silently drops.
+Blocks (``block(mode, sources=..., direction=...) -> id``, ``unblock(id)``; several at once, each
+covering some labels and a direction):
 
-``heal()`` lets traffic flow again: paused connections resume where they stopped; connections
-accepted while blackholed are closed (their dialler has long given up on the handshake) so it
-redials on a live path.
+- ``"reset"``: covered connections are closed at once and new ones are accepted and closed. TCP
+  cannot lose one direction and keep the other, so a reset closes whatever direction it names.
+- ``"blackhole"``: nothing is forwarded any more in the covered direction and nothing is closed:
+  the proxy stops reading that side (so the kernel buffers fill and the sender's writes back up),
+  like a network that silently drops. A connection accepted while any blackhole covers its label
+  is held without a byte reaching the target (a handshake cannot complete across a one-way hole
+  either); once no block covers it, it is closed (its dialler has long given up on the
+  handshake) so it redials on a live path. Paused connections resume where they stopped.
 
-To cut only some clients, the proxy needs to know who dialled: ``identify(peername)`` returns a
-label for an accepted connection (``process_of_port`` finds the local process that owns the
-client socket through ``/proc``, so labels can be node processes). A connection whose label is
-unknown counts as chosen while a selective cut is on: a partition that leaks is worse than one
-that is too strict.
+``cut(mode, sources=..., direction=...)`` replaces every block by one; ``heal()`` removes them all;
+``reset(sources=...)`` closes the chosen clients' current connections once and lets new ones in.
+A connection whose label is unknown counts as covered by every block and reset: a partition
+that leaks is worse than one that is too strict.
 
-Shaping models one node's uplink and downlink: per direction, a rate cap in bytes per second (a
-token bucket shared by all connections of the proxy, so parallel transfers split the cap) and a
-one-way delay. A read leaves the proxy when the bucket has paid for it (its last byte's
-serialisation time) plus the delay. Reads are queued in the meantime, and a connection whose queue
-passes ``_QUEUE_LIMIT`` stops being read, so the sender backs up instead of the proxy buffering.
+Shaping. Each read is queued until it is due and then written on, in order: a connection's
+queue is FIFO and a read's due time is ``max(previous due on that side, paid + delay)``, so
+jitter never reorders bytes. ``paid`` is when every token bucket the read draws on has paid
+for it (its last byte's serialisation time): the proxy's own bucket for that direction
+(``set_rate``, shared by all its connections) and the link's (``shape_link``): a
+``TokenBucket`` is an object, so one bucket handed to several links or several proxies (all
+run on one loop) is one cap they share, e.g. a node's uplink. ``delay`` is the proxy's delay
+for the direction (``set_delay``) plus the link's ``delay_s``, plus jitter drawn uniformly from
+``[0, jitter_s]``, plus ``rto_s`` with probability ``loss``.
 
-Every socket the proxy makes is its own: it accepts on its own listening socket (an
-``asyncio.Server`` closed while an accepted socket waits for its transport drops that socket
-unclosed on Python 3.11), and ``aclose()`` waits until every connection's transport is gone.
+Loss as an application sees it: TCP does not lose bytes, it retransmits them, and a lost
+segment holds back everything behind it until the retransmission arrives. So ``loss`` is the
+chance that one read (whatever the sender's writes coalesced into, up to 256 KiB) is held back
+by a retransmission timeout ``rto_s`` (200 ms by default, Linux's minimum RTO), and everything
+read after it on that side waits behind it. Randomness comes from the ``rng`` passed in (a
+seeded ``random.Random``), so a seed repeats the same draws for the same sequence of reads.
+
+Reads are queued in the meantime, and a side whose queue passes ``_QUEUE_LIMIT`` stops being
+read, so the sender backs up instead of the proxy buffering.
+
+Every socket the proxy makes is its own: it accepts on its own listening socket, in its own task
+after the listener was readable (an ``asyncio.Server`` closed while an accepted socket waits for
+its transport drops that socket unclosed on Python 3.11, and ``loop.sock_accept`` can accept a
+socket into a future that was just cancelled and drop it), and ``aclose()`` waits until every
+connection's transport is gone.
 """
 
 from __future__ import annotations
@@ -35,49 +57,115 @@ import asyncio
 import contextlib
 import functools
 import os
+import random
 import socket
 from collections import deque
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-__all__ = ["CutMode", "Direction", "TcpProxy", "process_of_port"]
+__all__ = [
+    "DEFAULT_RTO_S",
+    "CutMode",
+    "Direction",
+    "LinkShape",
+    "TcpProxy",
+    "TokenBucket",
+    "process_of_port",
+]
 
 CutMode = Literal["reset", "blackhole"]
-# Which way a blackhole stops traffic: "to_client" stalls only what the target sends (a peer that
+# Which way a block stops traffic: "to_client" stalls only what the target sends (a peer that
 # stops reading), "to_target" only what the client sends.
 Direction = Literal["both", "to_client", "to_target"]
+_Way = Literal["to_client", "to_target"]
+_WAYS: dict[Direction, frozenset[_Way]] = {
+    "both": frozenset(("to_client", "to_target")),
+    "to_client": frozenset(("to_client",)),
+    "to_target": frozenset(("to_target",)),
+}
 # Queued bytes per connection and direction above which the proxy stops reading that side; with
 # reads of at most 256 KiB and a 64 KiB write buffer, one direction holds under 1 MiB.
 _QUEUE_LIMIT = 512 * 1024
 # A bucket idle this long (in bytes at its rate, at least) lets a read through at once.
 _DEFAULT_BURST = 64 * 1024
+# Linux's minimum retransmission timeout: what one lost segment costs a quiet connection.
+DEFAULT_RTO_S = 0.2
+
+
+class TokenBucket:
+    """A rate cap in bytes per second (None: uncapped). Whatever draws on the same bucket shares
+    the cap: connections of one proxy, links of one node through several proxies."""
+
+    def __init__(self, rate_bps: float | None = None, *, burst_bytes: int = _DEFAULT_BURST) -> None:
+        self.rate_bps: float | None = None
+        self.burst = burst_bytes
+        self._next = 0.0  # when the bucket has paid for everything reserved so far
+        self.set_rate(rate_bps)
+
+    def set_rate(self, rate_bps: float | None) -> None:
+        if rate_bps is not None and rate_bps <= 0:
+            raise ValueError(f"rate must be positive or None, not {rate_bps}")
+        self.rate_bps = rate_bps
+
+    def reserve(self, now: float, size: int) -> float:
+        """When ``size`` bytes read at ``now`` are paid for (FIFO over everything drawing)."""
+        if self.rate_bps is None:
+            return now
+        start = max(self._next, now - self.burst / self.rate_bps)
+        self._next = start + size / self.rate_bps
+        return self._next
+
+
+def _check_delay(what: str, seconds: float) -> float:
+    if seconds < 0:
+        raise ValueError(f"{what} must not be negative, not {seconds}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class LinkShape:
+    """How one direction of one client's connections is shaped (module docstring): extra
+    one-way delay, jitter up to ``jitter_s``, the chance ``loss`` that a read waits ``rto_s``
+    more, and the buckets its reads draw on (a per-link cap, a node's uplink, ...)."""
+
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    loss: float = 0.0
+    rto_s: float = DEFAULT_RTO_S
+    buckets: tuple[TokenBucket, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_delay("delay", self.delay_s)
+        _check_delay("jitter", self.jitter_s)
+        _check_delay("rto", self.rto_s)
+        if not 0.0 <= self.loss <= 1.0:
+            raise ValueError(f"loss must be within 0..1, not {self.loss}")
+
+
+_UNSHAPED = LinkShape()
 
 
 class _Shape:
-    """One direction's shaping, shared by every connection: a rate cap (bytes/s) and a delay."""
+    """One direction's proxy-wide shaping: a bucket every connection draws on, and a delay."""
 
     def __init__(self, rate_bps: float | None, delay_s: float, burst: int) -> None:
-        self.rate_bps: float | None = None
-        self.delay_s = 0.0
-        self.burst = burst
-        self._next = 0.0  # when the bucket has paid for everything reserved so far
-        self.set(rate_bps, delay_s)
+        self.bucket = TokenBucket(rate_bps, burst_bytes=burst)
+        self.delay_s = _check_delay("delay", delay_s)
 
-    def set(self, rate_bps: float | None, delay_s: float) -> None:
-        if rate_bps is not None and rate_bps <= 0:
-            raise ValueError(f"rate must be positive or None, not {rate_bps}")
-        if delay_s < 0:
-            raise ValueError(f"delay must not be negative, not {delay_s}")
-        self.rate_bps, self.delay_s = rate_bps, delay_s
+    def set_delay(self, delay_s: float) -> None:
+        self.delay_s = _check_delay("delay", delay_s)
 
-    def due(self, now: float, size: int) -> float:
-        """When ``size`` bytes read at ``now`` may be written on (FIFO over all connections)."""
-        if self.rate_bps is None:
-            return now + self.delay_s
-        start = max(self._next, now - self.burst / self.rate_bps)
-        self._next = start + size / self.rate_bps
-        return self._next + self.delay_s
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    mode: CutMode
+    sources: frozenset[str] | None  # None: every client
+    direction: Direction
+
+    def covers(self, label: str | None) -> bool:
+        return self.sources is None or label is None or label in self.sources
 
 
 class _Pipe(asyncio.Protocol):
@@ -90,12 +178,14 @@ class _Pipe(asyncio.Protocol):
     def __init__(self, link: _Link, upstream: bool, shape: _Shape) -> None:
         self.link = link
         self.upstream = upstream  # True: the side towards the target
-        self.shape = shape  # shapes what this side reads
+        self.way: _Way = "to_client" if upstream else "to_target"  # what this side's reads are
+        self.shape = shape  # the proxy's shaping of that direction
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.holds = {"dial"}
         self.queue: deque[tuple[float, bytes]] = deque()
         self.queued = 0
+        self.last_due = 0.0
         self.eof = False  # the peer sent EOF: forward it once the queue is empty
         self.eof_sent = False
         self._timer: asyncio.TimerHandle | None = None
@@ -133,10 +223,24 @@ class _Pipe(asyncio.Protocol):
             return None
         return other.transport
 
+    def _due(self, now: float, size: int) -> float:
+        """When a read of ``size`` bytes at ``now`` may be written on (module docstring)."""
+        proxy = self.link.proxy
+        link_shape = proxy.link_shape(self.link.label, self.way)
+        paid = self.shape.bucket.reserve(now, size)
+        for bucket in link_shape.buckets:
+            paid = max(paid, bucket.reserve(now, size))
+        delay = self.shape.delay_s + link_shape.delay_s
+        if link_shape.jitter_s:
+            delay += proxy.rng.uniform(0.0, link_shape.jitter_s)
+        if link_shape.loss and proxy.rng.random() < link_shape.loss:
+            delay += link_shape.rto_s
+        self.last_due = max(self.last_due, paid + delay)
+        return self.last_due
+
     def data_received(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self.queue.append((self.shape.due(now, len(data)), data))
+        now = asyncio.get_running_loop().time()
+        self.queue.append((self._due(now, len(data)), data))
         self.queued += len(data)
         self.flush()
         if self.queued >= _QUEUE_LIMIT:
@@ -191,6 +295,7 @@ class _Pipe(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
         self.link.close()
+        self.link.proxy.forget_if_done(self.link)
         self.link.proxy.changed()
 
     def pause_writing(self) -> None:
@@ -209,6 +314,9 @@ class _Pipe(asyncio.Protocol):
         return self.queued + pending
 
 
+_Phase = Literal["opening", "held", "open"]
+
+
 class _Link:
     """A client connection and (once dialled) its upstream connection to the target."""
 
@@ -217,9 +325,9 @@ class _Link:
         self.label = label
         self.client: _Pipe | None = None
         self.upstream: _Pipe | None = None
-        self.paused = False
-        self.direction: Direction = "both"
-        self.held = False  # accepted while blackholed: never connected upstream
+        # opening: being labelled and dialled; held: accepted under a blackhole, never dialled;
+        # open: forwarding (as far as the blocks let it).
+        self.phase: _Phase = "opening"
 
     def other(self, pipe: _Pipe) -> _Pipe | None:
         return self.client if pipe.upstream else self.upstream
@@ -227,18 +335,12 @@ class _Link:
     def pipes(self) -> list[_Pipe]:
         return [p for p in (self.client, self.upstream) if p is not None]
 
-    def set_paused(self, paused: bool, direction: Direction = "both") -> None:
-        self.paused = paused
-        self.direction = direction
+    def set_holes(self, holes: frozenset[_Way]) -> None:
+        """Stop exactly the directions in ``holes``: a side's paused reads stop what it sends."""
         for pipe in self.pipes():
-            # Pausing a side's reads (and its queue) stops what flows from that side.
-            covered = not (
-                (direction == "to_client" and not pipe.upstream)
-                or (direction == "to_target" and pipe.upstream)
-            )
-            if paused and covered:
+            if pipe.way in holes:
                 pipe.hold("cut")
-            else:
+            elif "cut" in pipe.holds:
                 pipe.release("cut")
 
     def note_buffered(self) -> None:
@@ -250,6 +352,10 @@ class _Link:
             if pipe.transport is not None:
                 pipe.transport.close()
 
+    @property
+    def done(self) -> bool:
+        return self.phase != "opening" and all(p.closed.done() for p in self.pipes())
+
 
 class TcpProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target``. ``async with`` closes every connection.
@@ -258,7 +364,9 @@ class TcpProxy:
     ``peak_link_buffered`` is the most bytes one connection ever held in the proxy (both ways).
     Rates are bytes per second (None: uncapped), delays seconds, per direction (``rate_bps``:
     both directions, unless one is given on its own); ``set_rate`` and ``set_delay`` change
-    them for reads from then on. ``target`` may be changed before connections need it."""
+    them for reads from then on, for every client; ``shape_link`` shapes one client's
+    connections on top. ``rng`` draws jitter and loss (default: seeded with 0). ``target`` may
+    be changed before connections need it."""
 
     def __init__(
         self,
@@ -271,22 +379,24 @@ class TcpProxy:
         delay_to_target_s: float = 0.0,
         delay_to_client_s: float = 0.0,
         burst_bytes: int = _DEFAULT_BURST,
+        rng: random.Random | None = None,
     ) -> None:
         self.target = target
         self.identify = identify
+        self.rng = rng if rng is not None else random.Random(0)
         self.accepted = 0
         self.peak_link_buffered = 0
         to_target = rate_bps if rate_to_target_bps is None else rate_to_target_bps
         to_client = rate_bps if rate_to_client_bps is None else rate_to_client_bps
         self._to_target = _Shape(to_target, delay_to_target_s, burst_bytes)
         self._to_client = _Shape(to_client, delay_to_client_s, burst_bytes)
+        self._link_shapes: dict[str, dict[_Way, LinkShape]] = {}
         self._sock: socket.socket | None = None
         self._serving: asyncio.Task[None] | None = None
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._mode: CutMode | None = None
-        self._direction: Direction = "both"
-        self._sources: frozenset[str] | None = None  # None: every client
+        self._blocks: dict[int, _Block] = {}
+        self._block_seq = 0
         self._changed: asyncio.Event | None = None
 
     @property
@@ -299,15 +409,117 @@ class TcpProxy:
     def port(self) -> int:
         return int(self.address.rpartition(":")[2])
 
+    # -- shaping -----------------------------------------------------------------------------------
+
     def set_rate(self, to_target_bps: float | None, to_client_bps: float | None) -> None:
         """Cap each direction (bytes/s over all connections together); None lifts the cap."""
-        self._to_target.set(to_target_bps, self._to_target.delay_s)
-        self._to_client.set(to_client_bps, self._to_client.delay_s)
+        self._to_target.bucket.set_rate(to_target_bps)
+        self._to_client.bucket.set_rate(to_client_bps)
 
     def set_delay(self, to_target_s: float, to_client_s: float) -> None:
         """One-way latency per direction, for reads from now on."""
-        self._to_target.set(self._to_target.rate_bps, to_target_s)
-        self._to_client.set(self._to_client.rate_bps, to_client_s)
+        self._to_target.set_delay(to_target_s)
+        self._to_client.set_delay(to_client_s)
+
+    def shape_link(
+        self,
+        label: str,
+        *,
+        to_target: LinkShape | None = None,
+        to_client: LinkShape | None = None,
+    ) -> None:
+        """Shape the connections ``label`` dialled, per direction, for reads from now on (on top
+        of ``set_rate``/``set_delay``); None leaves that direction unshaped."""
+        if to_target is None and to_client is None:
+            self._link_shapes.pop(label, None)
+            return
+        self._link_shapes[label] = {
+            "to_target": to_target or _UNSHAPED,
+            "to_client": to_client or _UNSHAPED,
+        }
+
+    def link_shape(self, label: str | None, way: _Way) -> LinkShape:
+        """The shaping of ``label``'s connections in direction ``way`` (unknown: unshaped)."""
+        shapes = self._link_shapes.get(label) if label is not None else None
+        return _UNSHAPED if shapes is None else shapes[way]
+
+    # -- blocks ------------------------------------------------------------------------------------
+
+    def block(
+        self,
+        mode: CutMode = "blackhole",
+        *,
+        sources: Collection[str] | None = None,
+        direction: Direction = "both",
+    ) -> int:
+        """Add a block on the chosen clients (module docstring); ``sources=None``: every client.
+        Returns its id for ``unblock``."""
+        self._block_seq += 1
+        chosen = None if sources is None else frozenset(sources)
+        self._blocks[self._block_seq] = _Block(mode, chosen, direction)
+        self._refresh_all()
+        return self._block_seq
+
+    def unblock(self, *block_ids: int) -> None:
+        """Remove these blocks (unknown ids are ignored): what only they stopped flows again."""
+        for block_id in block_ids:
+            self._blocks.pop(block_id, None)
+        self._refresh_all()
+
+    def cut(
+        self,
+        mode: CutMode = "reset",
+        *,
+        sources: Collection[str] | None = None,
+        direction: Direction = "both",
+    ) -> None:
+        """Replace every block by this one (module docstring); ``sources=None``: every client.
+        ``direction`` narrows a blackhole to one way (``Direction``); a reset closes both."""
+        earlier = list(self._blocks)
+        self.block(mode, sources=sources, direction=direction)  # before lifting: no gap
+        self.unblock(*earlier)
+
+    def heal(self) -> None:
+        """Remove every block: paused links resume, held ones are closed so their dialler
+        redials."""
+        self.unblock(*self._blocks)
+
+    def reset(self, *, sources: Collection[str] | None = None) -> None:
+        """Close the chosen clients' current connections once; new ones are forwarded (blocks
+        permitting). ``sources=None``: every client."""
+        once = _Block("reset", None if sources is None else frozenset(sources), "both")
+        for link in list(self._links):
+            if once.covers(link.label):
+                link.close()
+
+    def _coverage(self, label: str | None) -> tuple[bool, frozenset[_Way]]:
+        """Whether a reset covers ``label``, and the directions blackholes stop for it."""
+        reset = False
+        holes: frozenset[_Way] = frozenset()
+        for block in self._blocks.values():
+            if not block.covers(label):
+                continue
+            if block.mode == "reset":
+                reset = True
+            else:
+                holes |= _WAYS[block.direction]
+        return reset, holes
+
+    def _refresh(self, link: _Link) -> None:
+        """Bring one link in line with the blocks now on (an opening one does so when open)."""
+        if link.phase == "opening":
+            return
+        reset, holes = self._coverage(link.label)
+        if reset or (link.phase == "held" and not holes):
+            link.close()
+        elif link.phase == "open":
+            link.set_holes(holes)
+
+    def _refresh_all(self) -> None:
+        for link in list(self._links):
+            self._refresh(link)
+
+    # -- connections -------------------------------------------------------------------------------
 
     async def start(self) -> str:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -325,31 +537,23 @@ class TcpProxy:
     async def _serve(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            accept = asyncio.ensure_future(loop.sock_accept(listener))
-            try:
-                conn, _ = await asyncio.shield(accept)
-            except asyncio.CancelledError:
-                # aclose() may cancel us after the accept completed but before we resumed: the
-                # accepted socket would be dropped unclosed (seen once in CI as a ResourceWarning).
-                accept.add_done_callback(_close_accepted)
-                accept.cancel()
-                raise
+            conn = await _accept(loop, listener)
             link = _Link(self, None)
             self._links.add(link)  # from here on aclose() waits for its transport to be gone
             try:
+                # Owns ``conn`` from its first step (the transport is made before any await).
                 await loop.connect_accepted_socket(
                     functools.partial(_Pipe, link, False, self._to_target), conn
                 )
+            except Exception:
+                link.close()
+                conn.close()
+                continue  # one client that vanished at once must not stop the proxy
             except BaseException:
                 link.close()
                 conn.close()
                 raise
             self._accepted(link)
-
-    def _chosen(self, link: _Link) -> bool:
-        if self._mode is None:
-            return False
-        return self._sources is None or link.label is None or link.label in self._sources
 
     def _accepted(self, link: _Link) -> None:
         self.accepted += 1
@@ -359,20 +563,39 @@ class TcpProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _open(self, link: _Link) -> None:
-        """Label the new client, then connect it upstream unless a cut covers it."""
+        """Label the new client, then connect it upstream unless a block covers it."""
+        try:
+            await self._label(link)
+            await self._dial(link)
+        finally:
+            if link.phase == "opening":
+                link.phase = "open"  # closed or closing: nothing left to open
+                link.close()
+            self.forget_if_done(link)
+
+    async def _label(self, link: _Link) -> None:
         client = link.client
         assert client is not None
         assert client.transport is not None
         peer = client.transport.get_extra_info("peername")
         if self.identify is not None and isinstance(peer, tuple):
-            link.label = await asyncio.to_thread(self.identify, (str(peer[0]), int(peer[1])))
+            peer_address = (str(peer[0]), int(peer[1]))
+            try:
+                link.label = await asyncio.to_thread(self.identify, peer_address)
+            except Exception:
+                link.label = None  # unknown: covered by every block, never leaks
+
+    async def _dial(self, link: _Link) -> None:
+        client = link.client
+        assert client is not None
+        assert client.transport is not None
         if client.transport.is_closing():
             return
-        if self._chosen(link):
-            if self._mode == "reset":
-                client.transport.close()
-            else:
-                link.held = True
+        reset, holes = self._coverage(link.label)
+        if reset:
+            return  # closed by _open
+        if holes:
+            link.phase = "held"
             return
         loop = asyncio.get_running_loop()
         try:
@@ -382,46 +605,18 @@ class TcpProxy:
                 self.target[1],
             )
         except OSError:
-            client.transport.close()
-            return
+            return  # closed by _open
         if client.transport.is_closing():
-            link.close()
             return
+        link.phase = "open"
+        self._refresh(link)  # the blocks as they are now, before a byte is read
         for pipe in link.pipes():
-            pipe.holds.discard("dial")
-        if self._chosen(link):
-            link.set_paused(True, self._direction)
-        else:
-            link.set_paused(False)
+            pipe.release("dial")
 
-    def cut(
-        self,
-        mode: CutMode = "reset",
-        *,
-        sources: Collection[str] | None = None,
-        direction: Direction = "both",
-    ) -> None:
-        """Break the chosen clients' traffic (module docstring); ``sources=None``: every client.
-        ``direction`` narrows a blackhole to one way (``Direction``); a reset closes both."""
-        self._mode = mode
-        self._direction = direction
-        self._sources = None if sources is None else frozenset(sources)
-        for link in list(self._links):
-            if not self._chosen(link):
-                continue
-            if mode == "reset":
-                link.close()
-            else:
-                link.set_paused(True, direction)
-
-    def heal(self) -> None:
-        """Forward again: paused links resume, held ones are closed so their dialler redials."""
-        self._mode, self._sources, self._direction = None, None, "both"
-        for link in list(self._links):
-            if link.held:
-                link.close()
-            elif link.paused:
-                link.set_paused(False)
+    def forget_if_done(self, link: _Link) -> None:
+        """Drop a link whose connections are all gone, so a long run does not pile them up."""
+        if link.done:
+            self._links.discard(link)
 
     async def settled(self) -> None:
         """Wait until every accepted connection is labelled and forwarded, refused or held."""
@@ -475,10 +670,34 @@ class TcpProxy:
         await self.aclose()
 
 
-def _close_accepted(accept: asyncio.Future[tuple[socket.socket, Any]]) -> None:
-    """Close the socket an abandoned accept got, if it got one."""
-    if not accept.cancelled() and accept.exception() is None:
-        accept.result()[0].close()
+async def _accept(loop: asyncio.AbstractEventLoop, listener: socket.socket) -> socket.socket:
+    """The next connection on ``listener``. The accept runs in the awaiting task once it has
+    resumed, so a wait cancelled at any point leaves no socket behind; ``loop.sock_accept`` may
+    accept from a reader callback into a future cancelled in the same loop iteration, and drop
+    the new socket unclosed (CPython 3.11)."""
+    fd = listener.fileno()
+    while True:
+        readable = loop.create_future()
+        loop.add_reader(fd, _resolve, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            continue  # another accept took it, or a spurious wake-up
+        try:
+            conn.setblocking(False)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _socket_inodes(port: int, remote_port: int) -> set[str]:
