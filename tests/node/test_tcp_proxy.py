@@ -251,6 +251,30 @@ async def test_no_socket_is_left_when_connections_race_the_close() -> None:
     assert leaks == [], [str(w.message) for w in leaks]
 
 
+async def test_no_socket_is_left_when_a_client_connects_as_the_accept_is_cancelled() -> None:
+    """The accept loop waits, a client connects, and the proxy closes before the loop ran: the
+    cancellation and the listener's readiness land in the same loop iteration (with
+    ``loop.sock_accept`` the socket was accepted into the cancelled future and dropped, every
+    time)."""
+    clients: list[socket.socket] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            async with asyncio.timeout(DEADLINE), echo_server() as target:
+                for _ in range(8):
+                    async with TcpProxy(target) as proxy:
+                        await asyncio.sleep(0)  # the accept loop starts waiting
+                        await asyncio.sleep(0)
+                        clients.append(_raw_dial(proxy.address))
+                    assert proxy.open_links == 0
+        finally:
+            for sock in clients:
+                sock.close()
+        gc.collect()
+    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == [], [str(w.message) for w in leaks]
+
+
 # ---- per client (label) ------------------------------------------------------------------------
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
