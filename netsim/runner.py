@@ -22,12 +22,15 @@ from typing import Any
 
 import aiohttp
 
-from netsim.cluster import Cluster
+from netsim.blobs import BlobRead, read_blob, wait_local
+from netsim.cluster import Cluster, Member
 from netsim.invariants import (
     Check,
+    acknowledged_blobs_everywhere,
     acknowledged_events_everywhere,
     gapless_subscriptions,
     identical_events,
+    served_bytes_match,
 )
 from netsim.nodeproc import http_offsets
 from netsim.observe import node_status, wait_holds
@@ -51,6 +54,8 @@ class Report:
     duplicate_bytes: int = 0
     duplicate_events: int = 0
     max_hops: int = 0
+    blobs: int = 0
+    blob_reads: int = 0
     phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -71,6 +76,8 @@ class Report:
             "duplicate_bytes": self.duplicate_bytes,
             "duplicate_events": self.duplicate_events,
             "max_hops": self.max_hops,
+            "blobs": self.blobs,
+            "blob_reads": self.blob_reads,
             "phases_s": self.phases,
             "error": self.error,
         }
@@ -87,7 +94,7 @@ class Report:
         lines.append(
             f"bytes sent {sent:,} over {len(self.bytes_sent)} nodes, duplicate events "
             f"{self.duplicate_events}, duplicate blob bytes {self.duplicate_bytes}, "
-            f"max hops {self.max_hops}"
+            f"max hops {self.max_hops}, {self.blobs} blobs read {self.blob_reads} times"
         )
         if self.error:
             lines.append(f"error: {self.error}")
@@ -145,9 +152,13 @@ async def _converge(run: Run, report: Report) -> None:
     live = run.cluster.live()
     want = run.history.upper_bounds()
     _progress(f"waiting for {len(live)} nodes to converge")
+    blobs = list(run.history.blobs)
     try:
         async with asyncio.timeout(run.deadline_s):
-            await asyncio.gather(*(wait_holds(run.session, m.proc, want) for m in live))
+            await asyncio.gather(
+                *(wait_holds(run.session, m.proc, want) for m in live),
+                *(wait_local(run.session, m.proc, h) for m in live for h in blobs),
+            )
         await run.all_alive(live)
     except TimeoutError:
         report.converged = False
@@ -168,11 +179,20 @@ async def _collect(run: Run, report: Report) -> None:
         if upto is None:
             upto = await http_offsets(run.session, m.proc)
         held[m.name] = await wait_holds(run.session, m.proc, upto)
+    final_reads = await _read_every_blob(run)
     report.invariants = [
         acknowledged_events_everywhere(run.history, held),
         identical_events(held),
         gapless_subscriptions(run.history),
     ]
+    if run.history.blobs or run.history.reads or run.history.wrong_handles:
+        report.invariants += [
+            acknowledged_blobs_everywhere(run.history, final_reads),
+            served_bytes_match(run.history),
+        ]
+    report.invariants += [check(run.history) for check in run.checks]
+    report.blobs = len(run.history.blobs)
+    report.blob_reads = len(run.history.reads)
     for m in live:
         status = await node_status(run.session, m.proc)
         report.bytes_sent[m.name] = int(status.get("counters", {}).get("bytes_out", 0))
@@ -181,3 +201,21 @@ async def _collect(run: Run, report: Report) -> None:
         report.max_hops = max(report.max_hops, int(dissemination.get("max_hops", 0)))
         totals = status.get("transferTotals", {})
         report.duplicate_bytes += int(totals.get("duplicateBytes", 0))
+
+
+async def _read_every_blob(run: Run) -> dict[str, list[BlobRead]]:
+    """Every acknowledged blob read whole from every live node (nodes in parallel, one read at
+    a time per node); each read also goes into the history for the served-bytes check."""
+
+    async def node_reads(m: Member) -> list[BlobRead]:
+        reads = []
+        for handle in run.history.blobs:
+            result = await read_blob(run.session, m.proc, m.name, handle)
+            run.history.read(result)
+            reads.append(result)
+        return reads
+
+    live = run.cluster.live()
+    async with asyncio.timeout(run.deadline_s):
+        results = await asyncio.gather(*(node_reads(m) for m in live))
+    return {m.name: reads for m, reads in zip(live, results, strict=True)}

@@ -34,10 +34,11 @@ from typing import Any
 
 import aiohttp
 
+from netsim.blobs import BlobRead, BlobSpec, read_blob, upload_blob, wait_local
 from netsim.cluster import Cluster, Member
-from netsim.invariants import History
-from netsim.nodeproc import http_publish
-from netsim.observe import wait_holds, wait_states
+from netsim.invariants import Check, History, StateSeen
+from netsim.nodeproc import http_offsets, http_publish
+from netsim.observe import node_status, peer_states, wait_holds, wait_states
 
 __all__ = ["SCENARIOS", "Run", "Scenario", "scenario"]
 
@@ -94,8 +95,12 @@ class Run:
         self.progress = progress
         self.history = History()
         self.marks: dict[str, float] = {}
+        # Checks of this scenario's own, run over the history after the standard ones.
+        self.checks: list[Callable[[History], Check]] = []
         self._rounds = 0
+        self._blobs = 0
         self._subscriptions: list[asyncio.Task[None]] = []
+        self._started = time.monotonic()
 
     # -- steps -------------------------------------------------------------------------------------
 
@@ -135,11 +140,53 @@ class Run:
             data = [{"semantics": "netsim", "name": tag, "payload": {"id": i}} for i in ids]
             if await http_publish(self.session, m.proc, data) == 201:
                 self.history.acked(m.node_id, ids)
+                await self._reached(m)
 
         await asyncio.gather(*(one(m) for m in members))
 
     async def publish_everywhere(self, tag: str) -> None:
         await self.publish(self.cluster.live(), tag)
+
+    async def upload(self, m: Member, size: int, tag: str) -> BlobSpec:
+        """Upload a new blob of ``size`` bytes on ``m``; recorded when acknowledged."""
+        self._blobs += 1
+        spec = BlobSpec.make(f"{m.name}-{tag}-{self._blobs}-{self.rng.getrandbits(64):016x}", size)
+        status, handle = await upload_blob(self.session, m.proc, spec, semantics="netsim")
+        if status == 201 and handle is not None:
+            self.history.blob_acked(m.name, spec, handle)
+            await self._reached(m)
+        return spec
+
+    async def _reached(self, m: Member) -> None:
+        """Record how far ``m``'s own stream got right after an acknowledged write."""
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError, AssertionError):
+            offsets = await http_offsets(self.session, m.proc)
+            if m.node_id in offsets:
+                self.history.reached(m.node_id, offsets[m.node_id])
+
+    async def read(self, m: Member, spec: BlobSpec) -> BlobRead:
+        """GET ``spec`` from ``m`` (hashed as it streams); recorded for the served-bytes check."""
+        result = await read_blob(self.session, m.proc, m.name, spec.handle)
+        self.history.read(result)
+        return result
+
+    async def blobs_everywhere_now(
+        self, members: Sequence[Member] | None = None, blobs: Sequence[BlobSpec] | None = None
+    ) -> None:
+        """Wait until each of ``members`` (default: the live ones) holds each of ``blobs``
+        (default: every acknowledged one)."""
+        group = list(members) if members is not None else self.cluster.live()
+        handles = [b.handle for b in blobs] if blobs is not None else list(self.history.blobs)
+        async with asyncio.timeout(self.deadline_s):
+            await asyncio.gather(
+                *(wait_local(self.session, m.proc, h) for m in group for h in handles)
+            )
+
+    def watch_states(self) -> None:
+        """Record every membership state each live node reports, until the run ends (for
+        checks such as ``never_marked_dead``)."""
+        for m in self.cluster.live():
+            self._subscriptions.append(asyncio.create_task(self._watch(m)))
 
     async def subscribe_all(self) -> None:
         """A subscription on every live node, recorded until the run ends (or its node dies)."""
@@ -191,6 +238,19 @@ class Run:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._subscriptions.clear()
+
+    async def _watch(self, m: Member) -> None:
+        last: dict[str, str] = {}
+        after: int | None = None
+        with contextlib.suppress(aiohttp.ClientError, ConnectionError, AssertionError):
+            while True:
+                body = await node_status(self.session, m.proc, after=after)
+                after = body["generation"]
+                now = time.monotonic() - self._started
+                for peer, state in peer_states(body).items():
+                    if last.get(peer) != state:
+                        last[peer] = state
+                        self.history.states.append(StateSeen(m.name, peer, state, now))
 
     async def _subscribe(self, m: Member) -> None:
         label = f"{m.name}#{len(self._subscriptions)}"
@@ -300,3 +360,83 @@ async def flaky_links(run: Run) -> None:
     run.cluster.heal()
     run.faults_over()
     await run.publish_everywhere("after")
+
+
+# split-brain: the size of the blob each side uploads while apart.
+SPLIT_BLOB_BYTES = 4 << 20
+
+
+@scenario(
+    "split-brain",
+    nodes=9,
+    summary="split three ways at random; every side writes events and uploads a blob, which "
+    "reach its own side, until each side marks the others dead; heal; one more write everywhere",
+    env=FAST_PROBES,
+)
+async def split_brain(run: Run) -> None:
+    await run.begin()
+    groups = run.split(3)
+    run.cluster.partition(groups)
+    run.mark("split three ways")
+    sides = [run.members(g) for g in groups]
+    await run.publish_everywhere("split")
+    blobs = await asyncio.gather(
+        *(run.upload(side[0], SPLIT_BLOB_BYTES, "split") for side in sides)
+    )
+    await asyncio.gather(
+        *(run.blobs_everywhere_now(side, [blob]) for side, blob in zip(sides, blobs, strict=True))
+    )
+    run.mark("each side holds its own blob")
+    await asyncio.gather(
+        *(
+            run.sees_dead(side, [m for other in sides if other is not side for m in other])
+            for side in sides
+        )
+    )
+    run.mark("each side marked the others dead")
+    await run.publish_everywhere("split2")
+    run.cluster.heal()
+    run.faults_over()
+    await run.publish_everywhere("after")
+
+
+# churn: how many nodes leave and come back, and how long each stays away (seconds).
+CHURN_STEPS = 6
+CHURN_AWAY_S = (0.3, 2.0)
+CHURN_BLOB_BYTES = 1 << 20
+
+
+@scenario(
+    "churn",
+    nodes=8,
+    summary=f"{CHURN_STEPS} times: one or two nodes leave (kill -9 or a clean stop, at random) "
+    "while the others write and upload, and come back after 0.3-2 s and write at once",
+    env=FAST_PROBES,
+)
+async def churn(run: Run) -> None:
+    """Node 0 stays (it has no seed to rejoin through), and two nodes leave together only when
+    neither is the other's seed: a restarted node rejoins through the node before it."""
+    await run.begin()
+    names = [m.name for m in run.cluster][1:]
+    for step in range(CHURN_STEPS):
+        first = run.rng.choice(names)
+        away = [first]
+        others = [n for n in names if abs(int(n[1:]) - int(first[1:])) > 1]
+        if others and run.rng.random() < 0.5:
+            away.append(run.rng.choice(others))
+        for name in away:
+            if run.rng.random() < 0.5:
+                await run.cluster.kill(name)
+            else:
+                await run.cluster.member(name).proc.stop()
+        run.mark(f"step {step}: {', '.join(away)} left")
+        staying = run.cluster.live()
+        await run.publish(staying, f"churn{step}")
+        await run.upload(run.rng.choice(staying), CHURN_BLOB_BYTES, f"churn{step}")
+        # How long the nodes stay away: the fault's duration, not a wait for anything.
+        await asyncio.sleep(run.rng.uniform(*CHURN_AWAY_S))
+        for name in away:
+            await run.cluster.restart(name)
+            run.subscribe(run.cluster.member(name))
+        await run.publish(run.members(away), f"back{step}")
+    run.faults_over()
