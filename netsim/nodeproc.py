@@ -89,6 +89,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _child_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The harness's environment with a node's ``overrides`` on top. A ``PYTHONPATH`` among them
+    goes in front of the harness's rather than replacing it (e.g. netsim's clock skew hook)."""
+    base = _env()
+    env = {**base, **overrides}
+    if overrides.get("PYTHONPATH"):
+        env["PYTHONPATH"] = overrides["PYTHONPATH"] + os.pathsep + base["PYTHONPATH"]
+    return env
+
+
 def node_command(data_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:
     """The command line the harness runs: every listener on an ephemeral loopback port."""
     return [
@@ -152,7 +162,8 @@ class NodeProcess:
     ) -> None:
         self.data_dir = data_dir
         self.extra_args = tuple(extra_args)
-        self.env = dict(env or {})  # over this process's environment, for this node only
+        # Over this process's environment, for this node only (PYTHONPATH: put in front).
+        self.env = dict(env or {})
         self.log_dir = log_dir or data_dir.parent / (data_dir.name + "-logs")
         self.runs = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -228,7 +239,7 @@ class NodeProcess:
             stdout=self._stderr,
             stderr=self._stderr,
             cwd=REPO_ROOT,
-            env={**_env(), **self.env},
+            env=_child_env(self.env),
         )
         try:
             self._info = await self._wait_for_node_file(within)
