@@ -195,13 +195,17 @@ class Cluster:
 
     def set_clock_skew(self, name: str, seconds: float | None) -> None:
         """Run node ``name``'s wall clock ``seconds`` off (None or 0: right) from its next
-        start; monotonic clocks are not affected (``netsim/skew``)."""
-        m = self.member(name)
+        start (also before the cluster started); monotonic clocks are not affected
+        (``netsim/skew``)."""
+        if name not in {f"n{i}" for i in range(self.count)}:
+            raise KeyError(name)
         if seconds:
             self._skews[name] = float(seconds)
         else:
             self._skews.pop(name, None)
-        m.proc.env = self._node_env(name, m.proxy)
+        for m in self.members:
+            if m.name == name:
+                m.proc.env = self._node_env(name, m.proxy)
 
     # -- rules: who reaches whom -------------------------------------------------------------------
 
@@ -273,6 +277,8 @@ class Cluster:
         """Blackhole both directions between ``a`` and ``b`` for ``seconds``, then let them
         resume (scheduled: the caller does not wait); returns the rule id, to end it early.
         Connections they open meanwhile are held, and closed at the end."""
+        if a == b:
+            raise ValueError(f"a stall is between two nodes, not {a} and itself")
         rule = self.block({a, b}, {a, b})
         handle: asyncio.TimerHandle
 

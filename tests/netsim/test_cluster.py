@@ -163,6 +163,8 @@ async def test_a_stall_blackholes_a_link_both_ways_and_ends_by_itself() -> None:
     cluster.heal()  # ends the stall and its timer
     assert reach(proxies) == everyone
     assert not cluster._timers
+    with pytest.raises(ValueError, match="itself"):
+        cluster.stall("n1", "n1", 1.0)
 
 
 def test_a_reset_closes_the_link_at_both_proxies_once() -> None:
@@ -247,6 +249,16 @@ def test_a_clock_skew_goes_into_the_node_environment_for_its_next_start() -> Non
     cluster.set_clock_skew("n1", None)
     assert SKEW_ENV not in skewed.proc.env
     assert skewed.proc.env["PYTHONPATH"] == "/mine"
+    with pytest.raises(KeyError):
+        cluster.set_clock_skew("n2", 1.0)  # a two-node cluster has no n2
+
+
+def test_a_clock_skew_set_before_the_start_is_kept_for_it() -> None:
+    cluster = Cluster(Path("/nonexistent"), 2, swarm_key="00" * 32)
+    cluster.set_clock_skew("n1", -30.0)
+    proxy: Any = RecordingProxy("n1")
+    assert cluster._node_env("n1", proxy)[SKEW_ENV] == "-30.0"
+    assert SKEW_ENV not in cluster._node_env("n0", proxy)
 
 
 def test_the_skew_hook_moves_wall_time_and_leaves_monotonic_time() -> None:
