@@ -43,6 +43,7 @@ __all__ = [
     "EventWatch",
     "HealStats",
     "HopStats",
+    "OverlayStats",
     "SimReport",
     "SimSettings",
     "depth_percentile",
@@ -186,6 +187,25 @@ class HopStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OverlayStats:
+    """Shortest paths over the active views from the measured publishers, taken right after the
+    measured events: the depth a tree on this overlay could reach (the eager tree's best case)."""
+
+    active_min: int
+    active_mean: float
+    active_max: int
+    histogram: dict[int, int]
+    p50: int | None
+    p99: int | None
+    max: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["histogram"] = {str(k): v for k, v in self.histogram.items()}
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DetectionStats:
     """Virtual seconds from the crash, per crashed node, aggregated over the crashed nodes."""
 
@@ -248,6 +268,7 @@ class SimReport:
     measured: HopStats | None = None
     cold: HopStats | None = None
     concurrent: HopStats | None = None
+    overlay: OverlayStats | None = None
     detection: DetectionStats | None = None
     heal: HealStats | None = None
     phases: list[Phase] = field(default_factory=list)
@@ -260,7 +281,9 @@ class SimReport:
         return bool(self.checks) and all(c.ok for c in self.checks)
 
     def as_json(self) -> dict[str, Any]:
-        def opt(part: HopStats | DetectionStats | HealStats | None) -> dict[str, Any] | None:
+        def opt(
+            part: HopStats | OverlayStats | DetectionStats | HealStats | None,
+        ) -> dict[str, Any] | None:
             return None if part is None else part.as_json()
 
         return {
@@ -276,6 +299,7 @@ class SimReport:
                 "measured": opt(self.measured),
                 "cold_sources": opt(self.cold),
                 "concurrent": opt(self.concurrent),
+                "overlay_shortest_paths": opt(self.overlay),
             },
             "detection": opt(self.detection),
             "heal": opt(self.heal),
@@ -302,6 +326,12 @@ class SimReport:
         lines += ["  " + stats.line(name) for name, stats in groups if stats is not None]
         if self.measured is not None:
             lines.append(f"  measured hop histogram {self.measured.histogram}")
+        if (o := self.overlay) is not None:
+            lines.append(
+                f"  overlay shortest paths from the publishers: p50 {o.p50} p99 {o.p99} "
+                f"max {o.max} {o.histogram}; active view {o.active_min}..{o.active_max} "
+                f"(mean {o.active_mean:.1f})"
+            )
         if (d := self.detection) is not None:
             lines.append(
                 f"failure detection of {len(d.crashed)} crashed by {d.observers} live nodes: "
@@ -387,6 +417,32 @@ def _disseminate(
     return HopStats.of(watch, len(swarm.live()) - 1, None if done is None else done - last)
 
 
+def _overlay(swarm: SwarmSim, sources: Sequence[str]) -> OverlayStats:
+    """Breadth-first distances over the live nodes' active views from each of ``sources``."""
+    live = swarm.live()
+    active = {n: list(swarm.node(n).membership.views.active) for n in live}
+    depths: Counter[int] = Counter()
+    for source in dict.fromkeys(sources):
+        seen, frontier, depth = {source}, [source], 0
+        while frontier:
+            depth += 1
+            nxt = [b for a in frontier for b in active.get(a, ()) if b not in seen]
+            frontier = list(dict.fromkeys(nxt))
+            seen.update(frontier)
+            depths[depth] += len(frontier)
+    histogram = {d: c for d, c in sorted(depths.items()) if c}
+    sizes = [len(v) for v in active.values()]
+    return OverlayStats(
+        active_min=min(sizes),
+        active_mean=round(statistics.fmean(sizes), 2),
+        active_max=max(sizes),
+        histogram=histogram,
+        p50=depth_percentile(histogram, 0.5),
+        p99=depth_percentile(histogram, 0.99),
+        max=max(histogram, default=None),
+    )
+
+
 def _detect_failures(swarm: SwarmSim, rng: random.Random, settings: SimSettings) -> DetectionStats:
     """Crash a seeded share of the nodes at once and time their suspicion and death everywhere."""
     sim = swarm.sim
@@ -408,10 +464,10 @@ def _detect_failures(swarm: SwarmSim, rng: random.Random, settings: SimSettings)
             dead_at[notice.node_id].setdefault(observer, now)
 
     start = sim.now
+    sim.on_notice.append(on_notice)
     for node in crashed:
         sim.crash(node)
     observers = set(swarm.live())
-    sim.on_notice.append(on_notice)
     try:
         detected = sim.run_until_true(
             lambda: all(observers <= dead_at[c].keys() for c in crashed),
@@ -557,6 +613,7 @@ def run_simulation(
     report.measured = clock.run(
         "measured", lambda: _disseminate(swarm, spaced * cfg.measured_rounds, cfg)
     )
+    report.overlay = _overlay(swarm, publishers)
     fresh = sorted(set(swarm.ids) - set(publishers))
     cold = [[n] for n in rng.sample(fresh, min(len(fresh), cfg.cold_sources))]
     report.cold = clock.run("cold sources", lambda: _disseminate(swarm, cold, cfg))

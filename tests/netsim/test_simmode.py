@@ -89,6 +89,16 @@ def test_every_receipt_is_in_the_histogram_or_pulled(report: SimReport) -> None:
         assert g.copies_per_node_event >= 1.0, name
 
 
+def test_overlay_shortest_paths_reach_every_node_from_every_publisher(report: SimReport) -> None:
+    o = report.overlay
+    assert o is not None
+    assert sum(o.histogram.values()) == SMALL.publishers * (NODES - 1)
+    assert 1 <= o.active_min <= o.active_mean <= o.active_max
+    assert o.p50 is not None
+    assert o.p99 is not None
+    assert 1 <= o.p50 <= o.p99 <= (o.max or 0)
+
+
 def test_every_crashed_node_is_detected_by_every_live_node(report: SimReport) -> None:
     d = report.detection
     assert d is not None
@@ -157,7 +167,9 @@ def test_cli_sim_prints_the_summary_and_writes_the_report(
     assert data["ok"] is True
     assert data["nodes"] == 20
     assert data["hop_bound"] == 4
-    assert set(data["dissemination"]) == {"warmup", "measured", "cold_sources", "concurrent"}
+    assert set(data["dissemination"]) == {
+        *("warmup", "measured", "cold_sources", "concurrent", "overlay_shortest_paths")
+    }
     assert data["dissemination"]["measured"]["p99"] <= 4
     assert data["detection"]["detected"] is True
     assert data["heal"]["converged"] is True
