@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -134,20 +135,23 @@ class Cluster:
 
     async def _add(self, i: int) -> None:
         name = f"n{i}"
-        proxy = TcpProxy(
-            ("127.0.0.1", 0),
-            identify=self._identify_for(i),
-            rng=random.Random(self.rng.getrandbits(64)),
-        )
+        proxy = TcpProxy(("127.0.0.1", 0), rng=random.Random(self.rng.getrandbits(64)))
+        proxy.identify = self._identify_for(proxy)
         await self._stack.enter_async_context(proxy)
         args = ["--swarm-key", self.swarm_key, "--listen", "127.0.0.1:0"]
         if i:
             args += ["--peers", self.members[i - 1].proxy.address]
         proc = NodeProcess(self.root / name, extra_args=args, env=self._node_env(name, proxy))
+        proc.on_spawn = functools.partial(self._spawned, name)
         await self._stack.enter_async_context(proc)
         proxy.target = _host_port(proc.info.swarm)
-        self._names[proc.pid] = name
         self.members.append(Member(name, proc, proxy))
+
+    def _spawned(self, name: str, pid: int) -> None:
+        """Name the node's process before it dials anyone (NodeProcess.on_spawn): connections
+        made while it starts are labelled too, and so shaped and blocked as its own."""
+        self._names = {p: n for p, n in self._names.items() if n != name}
+        self._names[pid] = name
 
     def _node_env(self, name: str, proxy: TcpProxy) -> dict[str, str]:
         """What node ``name`` starts with: the cluster's env, its proxy to announce, its skew."""
@@ -159,13 +163,11 @@ class Cluster:
             env["PYTHONPATH"] = str(SKEW_DIR) + (os.pathsep + own_path if own_path else "")
         return env
 
-    def _identify_for(self, i: int) -> Callable[[tuple[str, int]], str | None]:
+    def _identify_for(self, proxy: TcpProxy) -> Callable[[tuple[str, int]], str | None]:
         def identify(peer: tuple[str, int]) -> str | None:
-            proxy = self.members[i].proxy if i < len(self.members) else None
-            if proxy is None:
-                return None
-            pid = process_of_port(peer, proxy.port, list(self._names))
-            return None if pid is None else self._names.get(pid)
+            names = self._names  # replaced, never changed in place: a consistent view
+            pid = process_of_port(peer, proxy.port, list(names))
+            return None if pid is None else names.get(pid)
 
         return identify
 
@@ -188,10 +190,8 @@ class Cluster:
     async def restart(self, name: str) -> None:
         """Start a killed or stopped node again on the same data dir and identity."""
         m = self.member(name)
-        self._names = {pid: n for pid, n in self._names.items() if n != name}
         await m.proc.start()
         m.proxy.target = _host_port(m.proc.info.swarm)
-        self._names[m.proc.pid] = m.name
 
     def set_clock_skew(self, name: str, seconds: float | None) -> None:
         """Run node ``name``'s wall clock ``seconds`` off (None or 0: right) from its next

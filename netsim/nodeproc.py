@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -166,6 +166,9 @@ class NodeProcess:
         self.env = dict(env or {})
         self.log_dir = log_dir or data_dir.parent / (data_dir.name + "-logs")
         self.runs = 0
+        # Told the pid of every run as soon as it exists, before the node is ready: the node
+        # dials its seeds while it starts, and netsim must know whose connections those are.
+        self.on_spawn: Callable[[int], None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr: IO[bytes] | None = None
         self._info: NodeInfo | None = None
@@ -241,6 +244,8 @@ class NodeProcess:
             cwd=REPO_ROOT,
             env=_child_env(self.env),
         )
+        if self.on_spawn is not None:
+            self.on_spawn(self._proc.pid)
         try:
             self._info = await self._wait_for_node_file(within)
         except BaseException:
