@@ -24,6 +24,7 @@ __all__ = [
     "PIECE",
     "BlobRead",
     "BlobSpec",
+    "blob_is_known",
     "blob_is_local",
     "read_blob",
     "upload_blob",
@@ -146,6 +147,13 @@ async def read_blob(
     except (aiohttp.ClientError, ConnectionError) as exc:
         return BlobRead(name, handle, status, length, hasher.hexdigest(), False, repr(exc))
     return BlobRead(name, handle, status, length, hasher.hexdigest(), True)
+
+
+async def blob_is_known(session: aiohttp.ClientSession, node: NodeProcess, handle: str) -> bool:
+    """Whether ``node`` knows the blob (its metadata event arrived), held or not."""
+    async with session.get(f"{node.blobs_url}?metadata-{handle}") as resp:
+        await resp.read()
+        return resp.status == 200
 
 
 async def blob_is_local(session: aiohttp.ClientSession, node: NodeProcess, handle: str) -> bool:

@@ -125,7 +125,15 @@ async def run_scenario(
     try:
         _progress(f"{name}: starting {count} nodes (seed {seed})")
         async with (
-            Cluster(work, count, swarm_key=key, env=spec.env) as cluster,
+            Cluster(
+                work,
+                count,
+                swarm_key=key,
+                env=spec.env,
+                # The network's own draws (jitter, loss), apart from the script's choices.
+                rng=random.Random(f"netsim-network/{seed}"),
+                clock_skew=spec.clock_skew,
+            ) as cluster,
             aiohttp.ClientSession() as session,
         ):
             run = Run(
@@ -137,8 +145,11 @@ async def run_scenario(
                 run.marks.setdefault("faults over", time.monotonic())
                 await _converge(run, report)
                 await _collect(run, report)
-            except TimeoutError as exc:
-                report.error = f"timed out after {deadline_s:.0f} s in a phase ({exc})"
+            except TimeoutError:
+                last = next(reversed(run.marks), "start")
+                report.error = f"timed out after {deadline_s:.0f} s in the phase after {last!r}"
+            except Exception as exc:  # a broken scenario step: reported, nodes still stopped
+                report.error = f"{type(exc).__name__}: {exc}"
             finally:
                 await run.stop_subscriptions()
                 report.phases = {k: round(v - started, 3) for k, v in run.marks.items()}
@@ -191,6 +202,7 @@ async def _collect(run: Run, report: Report) -> None:
             served_bytes_match(run.history),
         ]
     report.invariants += [check(run.history) for check in run.checks]
+    report.invariants += run.results
     report.blobs = len(run.history.blobs)
     report.blob_reads = len(run.history.reads)
     for m in live:

@@ -34,9 +34,9 @@ from typing import Any
 
 import aiohttp
 
-from netsim.blobs import BlobRead, BlobSpec, read_blob, upload_blob, wait_local
+from netsim.blobs import BlobRead, BlobSpec, blob_is_known, read_blob, upload_blob, wait_local
 from netsim.cluster import Cluster, Member
-from netsim.invariants import Check, History, StateSeen
+from netsim.invariants import Check, History, StateSeen, never_marked_dead
 from netsim.nodeproc import http_offsets, http_publish
 from netsim.observe import node_status, peer_states, wait_holds, wait_states
 
@@ -56,20 +56,29 @@ class Scenario:
     nodes: int  # the default size
     script: Callable[[Run], Awaitable[None]]
     env: dict[str, str] = field(default_factory=dict)
+    clock_skew: dict[str, float] = field(default_factory=dict)  # node name → seconds off
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(
-    name: str, *, nodes: int, summary: str, env: dict[str, str] | None = None
+    name: str,
+    *,
+    nodes: int,
+    summary: str,
+    env: dict[str, str] | None = None,
+    clock_skew: dict[str, float] | None = None,
 ) -> Callable[[Callable[[Run], Awaitable[None]]], Callable[[Run], Awaitable[None]]]:
-    """Register ``script`` under ``name`` (``python -m netsim run NAME``)."""
+    """Register ``script`` under ``name`` (``python -m netsim run NAME``). ``env`` is set for
+    every node; ``clock_skew`` runs some nodes' wall clocks off by so many seconds."""
 
     def register(script: Callable[[Run], Awaitable[None]]) -> Callable[[Run], Awaitable[None]]:
         if name in SCENARIOS:
             raise ValueError(f"scenario {name!r} is registered twice")
-        SCENARIOS[name] = Scenario(name, summary, nodes, script, dict(env or {}))
+        SCENARIOS[name] = Scenario(
+            name, summary, nodes, script, dict(env or {}), dict(clock_skew or {})
+        )
         return script
 
     return register
@@ -95,8 +104,10 @@ class Run:
         self.progress = progress
         self.history = History()
         self.marks: dict[str, float] = {}
-        # Checks of this scenario's own, run over the history after the standard ones.
+        # Checks of this scenario's own: run over the history after the standard ones, or
+        # already decided by the script.
         self.checks: list[Callable[[History], Check]] = []
+        self.results: list[Check] = []
         self._rounds = 0
         self._blobs = 0
         self._subscriptions: list[asyncio.Task[None]] = []
@@ -223,6 +234,28 @@ class Run:
                 *(wait_holds(self.session, m.proc, want) for m in self.cluster.live())
             )
 
+    async def status(self, m: Member) -> dict[str, Any]:
+        return await node_status(self.session, m.proc)
+
+    async def status_until(self, m: Member, check: Callable[[dict[str, Any]], bool]) -> None:
+        """Wait, within the deadline, until ``m``'s status satisfies ``check`` (a long poll: the
+        status generation moves with membership and with every chunk a download stores)."""
+        async with asyncio.timeout(self.deadline_s):
+            body = await node_status(self.session, m.proc)
+            while not check(body):
+                body = await node_status(self.session, m.proc, after=body["generation"])
+
+    async def until(self, check: Callable[[], Awaitable[bool]], poll_s: float = 0.05) -> None:
+        """Wait, within the deadline, until ``check()`` holds: for states no node notifies
+        (e.g. how far a download got), asked every ``poll_s``."""
+        async with asyncio.timeout(self.deadline_s):
+            while not await check():  # noqa: ASYNC110 (nothing to wait on but the answer)
+                await asyncio.sleep(poll_s)
+
+    def elapsed(self, since: str) -> float:
+        """Seconds since the mark ``since``."""
+        return time.monotonic() - self.marks[since]
+
     def mark(self, what: str) -> None:
         self.marks[what] = time.monotonic()
         self.progress(what)
@@ -335,29 +368,52 @@ async def bridge(run: Run) -> None:
     await run.publish_everywhere("after")
 
 
-# flaky-links: how long each arrangement of cut links lasts, and how many there are.
+# flaky-links: how long each arrangement of faults lasts, how many there are, and the latency,
+# jitter and loss every link has meanwhile (loss as TCP shows it: a read held back by a 200 ms
+# retransmission timeout, netsim/proxy.py).
 FLAKY_STEP_S = 0.5
 FLAKY_STEPS = 10
+FLAKY_DELAY_S = 0.005
+FLAKY_JITTER_S = 0.02
+FLAKY_LOSS = 0.02
 
 
 @scenario(
     "flaky-links",
     nodes=8,
-    summary=f"{FLAKY_STEPS} times, every {FLAKY_STEP_S} s, a random third of the nodes loses all "
-    "its links (resets) while two random nodes write; then every link steady",
+    summary=f"every link {FLAKY_DELAY_S * 1000:.0f} ms + up to {FLAKY_JITTER_S * 1000:.0f} ms "
+    f"each way with {FLAKY_LOSS:.0%} loss; {FLAKY_STEPS} times, every {FLAKY_STEP_S} s, either a "
+    "random third of the nodes loses all its links (resets), or random links stall for a second, "
+    "or random links are reset once, while two random nodes write; then every link steady",
     env=FAST_PROBES,
 )
 async def flaky_links(run: Run) -> None:
     await run.begin()
     names = [m.name for m in run.cluster]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    for a, b in pairs:
+        run.cluster.shape_link(
+            a, b, delay_s=FLAKY_DELAY_S, jitter_s=FLAKY_JITTER_S, loss=FLAKY_LOSS
+        )
     for step in range(FLAKY_STEPS):
-        cut = run.rng.sample(names, k=max(1, len(names) // 3))
-        rest = [n for n in names if n not in cut]
-        run.cluster.partition([[n] for n in cut] + [rest], mode="reset")
+        fault = run.rng.choice(["isolate", "stall", "reset"])
+        if fault == "isolate":
+            cut = run.rng.sample(names, k=max(1, len(names) // 3))
+            rest = [n for n in names if n not in cut]
+            run.cluster.partition([[n] for n in cut] + [rest], mode="reset")
+        else:
+            run.cluster.partition([names])  # the previous step's isolation ends
+            for a, b in run.rng.sample(pairs, k=max(1, len(pairs) // 4)):
+                if fault == "stall":
+                    run.cluster.stall(a, b, 2 * FLAKY_STEP_S)
+                else:
+                    run.cluster.reset(a, b)
         await run.publish(run.members(run.rng.sample(names, 2)), f"flaky{step}")
         # The fault's duration, not a wait for anything: links flap on a schedule.
         await asyncio.sleep(FLAKY_STEP_S)
     run.cluster.heal()
+    for a, b in pairs:
+        run.cluster.shape_link(a, b)
     run.faults_over()
     await run.publish_everywhere("after")
 
@@ -440,3 +496,227 @@ async def churn(run: Run) -> None:
             run.subscribe(run.cluster.member(name))
         await run.publish(run.members(away), f"back{step}")
     run.faults_over()
+
+
+# blob-swarm: every node's uplink cap R, and the blob's size.
+SWARM_UPLINK_BPS = 8 << 20
+SWARM_BLOB_BYTES = 16 << 20
+
+
+@scenario(
+    "blob-swarm",
+    nodes=8,
+    summary=f"every node's uplink capped at R = {SWARM_UPLINK_BPS >> 20} MiB/s; one uploads "
+    f"{SWARM_BLOB_BYTES >> 20} MiB; it must reach all N nodes within 2 x size / R (a lone "
+    "source would need (N-1) x size / R)",
+)
+async def blob_swarm(run: Run) -> None:
+    await run.begin()
+    for m in run.cluster:
+        run.cluster.cap_uplink(m.name, SWARM_UPLINK_BPS)
+    source = run.rng.choice(run.cluster.members)
+    run.mark(f"uplinks capped; uploading on {source.name}")
+    spec = await run.upload(source, SWARM_BLOB_BYTES, "swarm")
+    run.mark("upload acknowledged")
+    await run.blobs_everywhere_now(blobs=[spec])
+    took = run.elapsed("upload acknowledged")
+    run.mark("blob on every node")
+    bound = 2 * SWARM_BLOB_BYTES / SWARM_UPLINK_BPS
+    lone = (len(run.cluster.members) - 1) * SWARM_BLOB_BYTES / SWARM_UPLINK_BPS
+    run.results.append(
+        Check(
+            "blob on all nodes within 2 x size / R",
+            took <= bound,
+            f"{took:.2f} s for {len(run.cluster.members)} nodes; bound {bound:.2f} s, a lone "
+            f"source {lone:.2f} s ({took / (SWARM_BLOB_BYTES / SWARM_UPLINK_BPS):.2f} x size / R)",
+        )
+    )
+    for m in run.cluster:
+        run.cluster.cap_uplink(m.name, None)
+    run.faults_over()
+
+
+# crash-mid-transfer: the uplink cap that makes the transfer last, the blob, and how much of it
+# the victim's own persisted bitmap must vouch for when it is killed (a node persists what it
+# verified every second, transfer_config.flush_interval_s: killed before that, it would start
+# again from zero, which is right but tests no resume).
+CRASH_UPLINK_BPS = 2 << 20
+CRASH_BLOB_BYTES = 24 << 20
+CRASH_AT_FRACTION = 0.25
+
+
+@scenario(
+    "crash-mid-transfer",
+    nodes=5,
+    summary=f"uplinks capped at {CRASH_UPLINK_BPS >> 20} MiB/s; one node uploads "
+    f"{CRASH_BLOB_BYTES >> 20} MiB; a fetching node is killed -9 a quarter of the way in while "
+    "another is read mid-download, then restarted: it resumes and every copy is byte-exact",
+    env=FAST_PROBES,
+)
+async def crash_mid_transfer(run: Run) -> None:
+    await run.begin()
+    for m in run.cluster:
+        run.cluster.cap_uplink(m.name, CRASH_UPLINK_BPS)
+    source, victim, reader = run.rng.sample(run.cluster.members[1:], 3)
+    spec = await run.upload(source, CRASH_BLOB_BYTES, "crash")
+    run.mark(f"uploaded on {source.name}")
+
+    async def known_to_reader() -> bool:
+        return await blob_is_known(run.session, reader.proc, spec.handle)
+
+    # A read on another fetcher, as soon as it knows the blob, streams the bytes as they arrive
+    # and verify.
+    await run.until(known_to_reader)
+    read = asyncio.create_task(run.read(reader, spec))
+
+    def durable_enough(body: dict[str, Any]) -> bool:
+        rows = [t for t in body["transfers"] if t["handle"] == spec.handle]
+        if not rows and body["transferTotals"].get("completed"):
+            raise RuntimeError(f"{victim.name} finished the download before it could be killed")
+        return bool(rows) and rows[0]["durableBytes"] >= CRASH_AT_FRACTION * spec.size
+
+    await run.status_until(victim, durable_enough)
+    await run.cluster.kill(victim.name)
+    run.mark(f"killed {victim.name} mid-download")
+    await run.publish_everywhere("while down")
+    await run.cluster.restart(victim.name)
+    run.subscribe(victim)
+    run.mark(f"restarted {victim.name}")
+    for m in run.cluster:
+        run.cluster.cap_uplink(m.name, None)
+    run.faults_over()
+    await run.blobs_everywhere_now([victim], [spec])
+    totals = (await run.status(victim))["transferTotals"]
+    resumed = int(totals.get("resumedBytes", 0))
+    run.results.append(
+        Check(
+            "the killed node resumed its download",
+            resumed > 0,
+            f"{victim.name} resumed {resumed:,} of {spec.size:,} bytes from its partial file",
+        )
+    )
+    async with asyncio.timeout(run.deadline_s):
+        got = await read
+    run.results.append(
+        Check(
+            "a read during the download got the whole blob",
+            got.complete and got.length == spec.size,
+            f"{reader.name} streamed {got.length:,} bytes, status {got.status} {got.error}",
+        )
+    )
+    await run.publish_everywhere("after")
+
+
+# slow-node: one node's links (each way) and how long the others keep working with it. A round
+# trip of 0.5-0.8 s, plus retransmission stalls, outlasts SWIM's 0.5 s direct-probe timeout:
+# probes of it fail and it is suspected now and then; it must refute every suspicion in time.
+SLOW_DELAY_S = 0.25
+SLOW_JITTER_S = 0.15
+SLOW_LOSS = 0.03
+SLOW_RATE_BPS = 1 << 20
+SLOW_FOR_S = 20.0  # twenty SWIM periods at production timers: each node probes it a few times
+SLOW_ROUND_EVERY_S = 1.0
+
+
+@scenario(
+    "slow-node",
+    nodes=6,
+    summary=f"one node's links get {SLOW_DELAY_S * 1000:.0f} ms + up to "
+    f"{SLOW_JITTER_S * 1000:.0f} ms each way, {SLOW_LOSS:.0%} of reads held by a "
+    f"retransmission timeout and {SLOW_RATE_BPS >> 20} MiB/s, with production SWIM timers, "
+    f"for {SLOW_FOR_S:.0f} s while everyone writes; nobody may ever mark it dead",
+)
+async def slow_node(run: Run) -> None:
+    await run.begin()
+    slow = run.rng.choice(run.cluster.members)
+    run.watch_states()
+    run.cluster.shape_node(
+        slow.name,
+        delay_s=SLOW_DELAY_S,
+        jitter_s=SLOW_JITTER_S,
+        loss=SLOW_LOSS,
+        rate_bps=SLOW_RATE_BPS,
+    )
+    run.mark(f"{slow.name} slowed")
+    run.checks.append(lambda h: never_marked_dead(h, {slow.node_id: slow.name}))
+    await run.upload(slow, 1 << 20, "from the slow node")
+    rounds = 0
+    while run.elapsed(f"{slow.name} slowed") < SLOW_FOR_S:
+        await run.publish_everywhere(f"slow{rounds}")
+        rounds += 1
+        # The writers' pace, not a wait for anything.
+        await asyncio.sleep(SLOW_ROUND_EVERY_S)
+    await run.converged_now()
+    run.mark("converged with the slow node still slow")
+    run.cluster.shape_node(slow.name)
+    run.faults_over()
+
+
+@scenario(
+    "clock-skew",
+    nodes=5,
+    summary="three nodes' wall clocks are off (+1 h, -1 h, +45 s); everyone writes, one node "
+    "restarts; events carry their node's clock and still converge in order",
+    env=FAST_PROBES,
+    clock_skew={"n1": 3600.0, "n2": -3600.0, "n3": 45.0},
+)
+async def clock_skew(run: Run) -> None:
+    await run.begin()
+    await run.publish_everywhere("skewed")
+    restarted = run.rng.choice(run.cluster.members[1:])
+    await run.cluster.kill(restarted.name)
+    await run.cluster.restart(restarted.name)
+    run.subscribe(restarted)
+    run.mark(f"restarted {restarted.name}")
+    run.faults_over()
+    await run.publish_everywhere("after")
+    await run.converged_now()
+    run.results.append(await _skew_shows(run))
+
+
+async def _skew_shows(run: Run) -> Check:
+    """The skew was real: each node's events, read on node 0, carry its clock's offset."""
+    reader = run.cluster.members[0].proc  # everything is read on n0
+    events = await wait_holds(run.session, reader, run.history.upper_bounds())
+    wall = time.time()
+    problems, seen = [], []
+    for m in run.cluster:
+        want = SCENARIOS["clock-skew"].clock_skew.get(m.name, 0.0)
+        stamps = [e["timestamp"] / 1e6 for e in events if e["stream"]["source"] == m.node_id]
+        if not stamps:
+            problems.append(f"no events of {m.name}")
+            continue
+        offset = max(stamps) - wall
+        seen.append(f"{m.name} {offset:+.0f} s")
+        # Its newest event is at most the run's length old, as its own clock tells it.
+        if not want - run.deadline_s * 3 <= offset <= want + 5:
+            problems.append(
+                f"{m.name}'s newest event is {offset:+.0f} s off, not about {want:+.0f}"
+            )
+    return Check(
+        "events carry their node's skewed clock",
+        not problems,
+        "; ".join(problems) or ", ".join(seen),
+    )
+
+
+@scenario(
+    "one-way",
+    nodes=6,
+    summary="asymmetric partition: a random third of the nodes still reach the rest, but hear "
+    "nothing back, until the others mark them dead; heal; everything converges",
+    env=FAST_PROBES,
+)
+async def one_way(run: Run) -> None:
+    await run.begin()
+    names = [m.name for m in run.cluster]
+    deaf = run.rng.sample(names, k=max(1, len(names) // 3))
+    rest = [n for n in names if n not in deaf]
+    run.cluster.block(rest, deaf)
+    run.mark(f"{', '.join(deaf)} hear nothing from the rest")
+    await run.publish_everywhere("one-way")
+    await run.sees_dead(run.members(rest), run.members(deaf))
+    run.mark("the rest marked them dead")
+    run.cluster.heal()
+    run.faults_over()
+    await run.publish_everywhere("after")
