@@ -52,6 +52,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Closing: how long a connection gets to flush its close notice, then to go after an abort.
+_CLOSE_WAIT_S = 1.0
+
 # Send buffers kept per connection, each one piece of SEND_PIECE_RECORDS records (~1 MiB): enough
 # to cover the write high-water mark, so a steady stream allocates nothing.
 _POOL_BUFFERS: Final = 6
@@ -472,6 +475,12 @@ class _ChannelProtocol(asyncio.BufferedProtocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def _abandon(self) -> None:
+        """Abort, and do connection_lost's bookkeeping now in case the transport never calls
+        it (uvloop does not once it closed the socket itself); a later call changes nothing."""
+        self._abort()
+        self.connection_lost(None)
+
     async def wait_closed(self) -> None:
         await asyncio.shield(self.closed)
 
@@ -541,16 +550,22 @@ class SwarmTransport:
         """Dial a peer and run the handshake; raises ``HandshakeError``, ``OSError`` or
         ``TimeoutError`` (TCP connect and handshake share ``handshake_timeout_s``)."""
         loop = asyncio.get_running_loop()
-        protocol: _ChannelProtocol | None = None
+        made: list[_ChannelProtocol] = []
+
+        def protocol_factory() -> _ChannelProtocol:
+            made.append(_ChannelProtocol(self, Role.INITIATOR))
+            return made[-1]
+
         try:
             async with asyncio.timeout(self.config.handshake_timeout_s):
-                _, protocol = await loop.create_connection(
-                    lambda: _ChannelProtocol(self, Role.INITIATOR), host, port
-                )
+                _, protocol = await loop.create_connection(protocol_factory, host, port)
                 return await asyncio.shield(protocol.handshake)
         except BaseException:
-            if protocol is not None:
-                protocol._abort()
+            # The protocol may exist (connection_made ran) though create_connection did not
+            # return it: a dial cancelled or timed out at that moment. uvloop then closes the
+            # socket without connection_lost, and the protocol would stay among ours forever.
+            for protocol in made:
+                protocol._abandon()
             raise
 
     async def close(self) -> None:
@@ -562,11 +577,16 @@ class SwarmTransport:
             protocol.close(ErrorCode.NO_ERROR)
         for protocol in protocols:
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(_CLOSE_WAIT_S):
                     await protocol.wait_closed()
             except TimeoutError:
                 protocol._abort()
-                await protocol.wait_closed()
+                try:
+                    async with asyncio.timeout(_CLOSE_WAIT_S):
+                        await protocol.wait_closed()
+                except TimeoutError:
+                    log.warning("transport.close_stuck", extra={"remote": str(protocol._remote)})
+                    protocol._abandon()  # a transport that will never report: stop waiting
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

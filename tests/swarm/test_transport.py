@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -386,3 +387,34 @@ async def test_sending_on_a_channel_that_can_no_longer_send_is_a_closing_connect
         conn._protocol._channel.close()  # the channel closes; the transport has not noticed yet
         with pytest.raises(ConnectionResetError):
             conn.send_frame(b"too late")
+
+
+def test_a_dial_cancelled_at_any_point_leaves_nothing_for_close_to_wait_on() -> None:
+    """A dial cancelled just after connection_made but before create_connection returned left
+    its protocol among the transport's forever (uvloop closes such a socket without
+    connection_lost), and close() waited on it: netsim's churn scenario saw a node ignore
+    SIGTERM for 20 s. Cancel dials after every number of loop passes up to well past a
+    loopback connect, then close within the deadline."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def cancelled_dials() -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        try:
+            async with _transport("a") as (a, _):
+                for passes in range(40):
+                    dial = asyncio.create_task(a.connect("127.0.0.1", port))
+                    for _ in range(passes):
+                        await asyncio.sleep(0)  # let the dial get that far, then cancel it
+                    dial.cancel()
+                    await asyncio.gather(dial, return_exceptions=True)
+                async with asyncio.timeout(DEADLINE):
+                    await a.close()
+                assert a.protocols == set()
+        finally:
+            listener.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(cancelled_dials())
