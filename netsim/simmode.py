@@ -239,6 +239,9 @@ class HealStats:
     apart: bool
     """Each side marked the whole other side DEAD before ``partition_max_s``."""
     apart_s: float | None
+    apart_share: float
+    """At the heal: the share of cross-side pairs in which one no longer holds the other ALIVE
+    or SUSPECT (1.0 when apart)."""
     partitioned_s: float
     """Virtual seconds from the cut to the heal."""
     events_s: float | None
@@ -344,7 +347,11 @@ class SimReport:
                 f"false suspicions {d.false_suspicions}"
             )
         if (h := self.heal) is not None:
-            apart = f"in {_fmt(h.apart_s)}" if h.apart else f"NOT within {h.partitioned_s:.0f} s"
+            apart = (
+                f"in {_fmt(h.apart_s)}"
+                if h.apart
+                else f"NOT within {h.partitioned_s:.0f} s ({h.apart_share:.1%} of pairs by then)"
+            )
             lines.append(
                 f"partition {h.left}/{h.right}: sides marked each other dead {apart}; "
                 f"after heal: events everywhere in {_fmt(h.events_s)}, "
@@ -512,7 +519,22 @@ def _apart(swarm: SwarmSim, left: Sequence[str], right: Sequence[str]) -> bool:
     return True
 
 
-def _partition_heal(swarm: SwarmSim, rng: random.Random, settings: SimSettings) -> HealStats:
+def _apart_share(swarm: SwarmSim, left: Sequence[str], right: Sequence[str]) -> float:
+    """The share of (node, node of the other side) pairs in which the first no longer holds the
+    second ALIVE or SUSPECT."""
+    pairs = apart = 0
+    for mine, theirs in ((left, right), (right, left)):
+        for a in mine:
+            machine = swarm.node(a).membership
+            states = [machine.state_of(b) for b in theirs]
+            pairs += len(states)
+            apart += sum(s is None or s > MemberState.SUSPECT for s in states)
+    return apart / max(1, pairs)
+
+
+def _partition_heal(
+    swarm: SwarmSim, rng: random.Random, settings: SimSettings, say: Progress
+) -> HealStats:
     """Cut the live nodes into two seeded halves, publish on both, heal, time the repair."""
     sim = swarm.sim
     live = sorted(swarm.live())
@@ -531,6 +553,8 @@ def _partition_heal(swarm: SwarmSim, rng: random.Random, settings: SimSettings) 
         check_every=max(settings.check_every_s, 5.0),
     )
     heal = sim.now
+    apart_share = _apart_share(swarm, left, right)
+    say("healing the partition" + ("" if apart_at is None else ": the sides are apart"))
     sim.heal(*rules)
     want = _union_offsets(swarm)
     events_at: float | None = None
@@ -538,6 +562,7 @@ def _partition_heal(swarm: SwarmSim, rng: random.Random, settings: SimSettings) 
     while sim.now < heal + settings.phase_deadline_s:
         if events_at is None and swarm.offsets_converged(want):
             events_at = sim.now
+            say("every live node holds every event")
         if members_at is None and swarm.membership_converged():
             members_at = sim.now
         if events_at is not None and members_at is not None:
@@ -549,6 +574,7 @@ def _partition_heal(swarm: SwarmSim, rng: random.Random, settings: SimSettings) 
         events_published=published,
         apart=apart_at is not None,
         apart_s=_round(None if apart_at is None else apart_at - cut),
+        apart_share=round(apart_share, 4),
         partitioned_s=round(heal - cut, 3),
         events_s=_round(None if events_at is None else events_at - heal),
         membership_s=_round(None if members_at is None else members_at - heal),
@@ -628,7 +654,7 @@ def run_simulation(
     ]
     report.concurrent = clock.run("concurrent", lambda: _disseminate(swarm, together, cfg))
     report.detection = clock.run("failure detection", lambda: _detect_failures(swarm, rng, cfg))
-    report.heal = clock.run("partition-heal", lambda: _partition_heal(swarm, rng, cfg))
+    report.heal = clock.run("partition-heal", lambda: _partition_heal(swarm, rng, cfg, clock.say))
     report.wall_s = round(time.perf_counter() - clock.wall0, 2)
     report.virtual_s = round(swarm.sim.now, 3)
     report.checks = evaluate(report)

@@ -32,7 +32,7 @@ SMALL = SimSettings(
     concurrent_rounds=2,
     concurrent_publishers=NODES // 2,
     crash_share=0.05,
-    partition_max_s=60.0,
+    partition_max_s=240.0,
 )
 
 
@@ -119,6 +119,8 @@ def test_the_swarm_converges_after_the_heal(report: SimReport) -> None:
     assert h is not None
     assert h.left + h.right == NODES - 2  # the crashed nodes stay down
     assert h.events_published == 2 * SMALL.partition_events_per_side
+    assert h.apart  # 240 s is enough for 38 nodes to mark the other side dead
+    assert h.apart_share == 1.0
     assert h.converged
     assert h.events_s is not None
     assert h.events_s > 0
