@@ -6,7 +6,10 @@ default) on virtual time in one process, through the phases a swarm lives throug
 2. dissemination: a seeded set of publishers publishes warm-up rounds, then measured rounds, one
    event at a time ``spacing_s`` apart; then a few sources that never published (their first
    event rides the shared default tree); then rounds in which many nodes publish at once.
-   Reported per group: payload copies per node per event and the depth of first receipts.
+   Reported per group: payload copies per node per event and the depth of first receipts; and
+   the shortest paths over the active views from the publishers, the depth no tree on this
+   overlay can beat (a deep tree on a shallow overlay has not settled; a deep overlay is the
+   membership's doing).
 3. failure detection: ``crash_share`` of the nodes (at least one, seeded) crash at once; the
    virtual time until the first node suspects / marks each dead, and until every live node has.
 4. partition-heal: the live nodes split into two seeded random halves, each side publishes, the
@@ -18,7 +21,8 @@ first ``EventBatch`` that brought it (the origin pushes with hops 0); a first re
 (``hops = None``) has no depth and is counted as ``pulled_first``. Payload copies count every
 watched event in every ``EventBatch`` delivered, repairs and copies back to the origin included,
 divided by (events x (live nodes - 1)): 1.0 is a perfect tree. The hop bound is
-1 + ⌈log₄ N⌉ (a tree of fan-out about 4 plus the first hop).
+1 + ⌈log₄ N⌉ (a tree of fan-out about 4 plus the first hop); the p99 check also fails when more
+than 1 % of the first receipts were pulled (they have no depth and would hide the tail).
 """
 
 from __future__ import annotations
