@@ -20,6 +20,9 @@ Rules:
   round-robin one chunk per blob per turn; within a blob rarest first, ties by lowest index, only
   chunks the peer's bitmap shows. Nothing is requested while paused or while more than
   ``max_unstored_bytes`` wait for the disk.
+- Fellow fetchers (a probed peer answers DontHave, or shows part of the blob): ties are broken in
+  a shuffled order salted with our id instead (``BlobState.diversify``), so fetchers take
+  different chunks from the origin and have something to give each other.
 - Endgame near the tail only (``FetcherConfig.endgame_chunks``): a chunk may be outstanding at up
   to ``endgame_copies`` peers; the first arrival cancels the others.
 - The machine never hashes chunk data: ``WriteChunk`` carries the outline digest to the driver,
@@ -84,8 +87,11 @@ assert MAX_OUTLINE_PAGE > 0  # outlines longer than a page arrive as several pag
 class Fetcher:
     """Schedules chunk requests for every active download across connected peers."""
 
-    def __init__(self, config: FetcherConfig | None = None) -> None:
+    def __init__(self, config: FetcherConfig | None = None, *, salt: bytes = b"") -> None:
+        """``salt`` (the node's id) makes this node's chunk order its own once fellow fetchers
+        show up (``BlobState.diversify``)."""
         self.config = config or FetcherConfig()
+        self._salt = salt
         self._blobs: dict[bytes, BlobState] = {}
         self._incomplete: dict[bytes, BlobState] = {}
         self._prio: list[bytes] = []
@@ -271,8 +277,21 @@ class Fetcher:
         blob.set_bitmap(peer, bitmap_to_bits(msg.bitmap, blob.count))
         self._answered(now, peer, blob)
 
+    def _note_fellow(self, blob: BlobState, peer: str) -> None:
+        """``peer`` holds part of the blob: it is fetching it too."""
+        if 0 < blob.held.get(peer, 0) < blob.count:
+            self._diversify(blob)
+
+    def _diversify(self, blob: BlobState) -> None:
+        """Fellow fetchers: from now on take chunks in an order of our own
+        (``BlobState.diversify``), salted with our id and the blob."""
+        if not blob.diversified:
+            salt = blake3.blake3(self._salt + blob.spec.handle).digest()
+            blob.diversify(int.from_bytes(salt[:8], "big"))
+
     def _answered(self, now: float, peer: str, blob: BlobState) -> None:
         blob.dont_have.discard(peer)
+        self._note_fellow(blob, peer)
         if (
             blob.outline is None
             and peer in blob.held
@@ -298,6 +317,10 @@ class Fetcher:
             self._bad_outline(now, blob, peer, "outline does not match the root")
             return
         blob.start(outline)
+        if blob.dont_have or any(0 < held < blob.count for held in blob.held.values()):
+            # Peers we asked that lack the blob, or hold part of it, fetch it too (every node
+            # replicates what it learns of): differ from them before the first request.
+            self._diversify(blob)
         self._fx.notices.append(OutlineVerified(spec.handle, outline))
         self._dirty_all = True
 
@@ -305,6 +328,8 @@ class Fetcher:
         if not msg.ranges:
             blob.dont_have.add(peer)
             blob.parts.pop(peer, None)
+            if not blob.fast:
+                self._diversify(blob)  # it lacks the whole blob: it will fetch it too
             if peer in blob.bitmaps:
                 blob.set_bitmap(peer, bytearray(blob.count))
             for i in sorted(self._peers[peer].inflight.get(blob.spec.handle, ())):

@@ -2,14 +2,23 @@
 the choice of the next chunk for a peer (rarest first, streaming order for prioritized blobs,
 endgame at the tail). Pure; used only by ``swarm/fetcher.py``.
 
-Cost: chunk choice is a heap of ``(availability, index)`` with lazy deletion, so an arrived chunk
+Cost: chunk choice is a heap of ``(availability, rank)`` with lazy deletion, so an arrived chunk
 costs O(log n), never a scan of the blob (the issue's 50,000 chunks/s target). Availability
 changes push a fresh entry; stale entries are dropped when they surface.
+
+Order among equally rare chunks: ascending index (``rank == index``) while we fetch alone, which
+keeps writes and the whole-blob hash in order. Once a fellow fetcher shows up, ``diversify``
+ranks the chunks in a shuffled order of our own: fetchers that all took chunk 0, 1, 2, ... from
+the one origin had nothing to give each other, and a swarm fetched no faster than a lone source.
+A shuffle, not a rotation: fetchers rotated to different starts caught up with each other and
+then raced for the same chunks just ahead of the leader (netsim blob-swarm: the origin sent each
+chunk twice). The whole-blob hash then reads the chunks back at the end (``PartialBlob``).
 """
 
 from __future__ import annotations
 
 import heapq
+import random
 
 import blake3
 
@@ -90,12 +99,14 @@ class BlobState:
         "first",
         "heap",
         "held",
+        "index_by_rank",
         "last_size",
         "outline",
         "parts",
         "peers_used",
         "priority",
         "probed",
+        "rank_by_index",
         "remaining",
         "requested",
         "scan",
@@ -114,6 +125,10 @@ class BlobState:
         self.state = bytearray(self.count)
         self.avail = [0] * self.count
         self.heap: list[tuple[int, int]] = []
+        """(availability, rank) of candidate chunks; ``index_of`` turns a rank back."""
+        self.index_by_rank: list[int] | None = None
+        """None: rank == index; else the shuffled order ``diversify`` chose."""
+        self.rank_by_index: list[int] | None = None
         self.requested: dict[int, set[str]] = {}
         self.writer: dict[int, str] = {}
         self.bitmaps: dict[str, bytearray] = {}
@@ -168,9 +183,38 @@ class BlobState:
         """The outline is verified: every missing chunk becomes a candidate."""
         self.outline = outline
         self.parts.clear()
-        state, avail = self.state, self.avail
-        self.heap = [(avail[i], i) for i in range(self.count) if state[i] == MISSING]
+        self._rebuild_heap()
+
+    def _rebuild_heap(self) -> None:
+        state, avail, rank = self.state, self.avail, self.rank_of
+        self.heap = [(avail[i], rank(i)) for i in range(self.count) if state[i] == MISSING]
         heapq.heapify(self.heap)
+
+    def rank_of(self, index: int) -> int:
+        ranks = self.rank_by_index
+        return index if ranks is None else ranks[index]
+
+    def index_of(self, rank: int) -> int:
+        order = self.index_by_rank
+        return rank if order is None else order[rank]
+
+    @property
+    def diversified(self) -> bool:
+        return self.index_by_rank is not None
+
+    def diversify(self, seed: int) -> None:
+        """Take equally rare chunks in an order shuffled by ``seed`` instead of ascending
+        (module docstring); once per download."""
+        if self.index_by_rank is not None or self.count < 2:
+            return
+        order = list(range(self.count))
+        random.Random(seed).shuffle(order)
+        ranks = [0] * self.count
+        for rank, index in enumerate(order):
+            ranks[index] = rank
+        self.index_by_rank, self.rank_by_index = order, ranks
+        if self.outline is not None:
+            self._rebuild_heap()
 
     def outline_page(self, peer: str, start: int, digests: bytes) -> bytes | None:
         """Add one ``Outline`` page from ``peer`` (pages are kept per peer, so a bad outline is
@@ -193,7 +237,7 @@ class BlobState:
         """``index`` may be missing and unrequested again: make it a candidate."""
         if self.state[index] == MISSING and index not in self.requested:
             if self.outline is not None:
-                heapq.heappush(self.heap, (self.avail[index], index))
+                heapq.heappush(self.heap, (self.avail[index], self.rank_of(index)))
             if self.stream and self.first <= index < self.cursor:
                 self.cursor = index
 
@@ -221,7 +265,7 @@ class BlobState:
             and self.state[index] == MISSING
             and index not in self.requested
         ):
-            heapq.heappush(self.heap, (self.avail[index], index))
+            heapq.heappush(self.heap, (self.avail[index], self.rank_of(index)))
         return True
 
     def set_bitmap(self, peer: str, bits: bytearray) -> None:
@@ -238,7 +282,7 @@ class BlobState:
             if old[i] != bits[i]:
                 avail[i] += 1 if bits[i] else -1
                 if push and state[i] == MISSING and i not in req:
-                    changed.append((avail[i], i))
+                    changed.append((avail[i], self.rank_of(i)))
         held = sum(bits)
         if held:
             self.bitmaps[peer] = bits
@@ -287,11 +331,12 @@ class BlobState:
                 self.stream = False
         heap, avail = self.heap, self.avail
         while heap and len(skipped) < MAX_SKIPS_PER_PASS:
-            a, i = heapq.heappop(heap)
+            a, rank = heapq.heappop(heap)
+            i = self.index_of(rank)
             if state[i] != MISSING or i in req or avail[i] != a:
                 continue
             if not self.has(peer, i):
-                skipped.append((a, i))
+                skipped.append((a, rank))
                 continue
             return i
         if not self.in_endgame(endgame_chunks):

@@ -81,7 +81,7 @@ class BlobTransfers:
         self.config = config or TransferConfig()
         self._blobs = blobs
         self._driver = driver
-        self._fetcher = Fetcher(self.config.fetcher)
+        self._fetcher = Fetcher(self.config.fetcher, salt=driver.node_id.encode())
         self.counters: collections.Counter[str] = collections.Counter()
         self._source = LocalChunks(blobs, self._download_of)
         self._server = ChunkServer(
