@@ -1,6 +1,8 @@
 """``python -m netsim list`` and ``python -m netsim run SCENARIO [--nodes N] [--seed S]
 [--report FILE]``: progress on stderr, a readable summary on stdout, the JSON report in FILE.
 Exit status 0 only when the run converged and every invariant held.
+``python -m netsim run all [--seeds 1-5] [--report-dir DIR]``: the full set, every scenario at its
+default size for each seed, one after another, then a table (netsim.suite).
 ``python -m netsim sim [--nodes N] [--seed S] [--report FILE]``: simulation mode (netsim.simmode),
 same outputs; exit status 0 only when every check held."""
 
@@ -15,17 +17,22 @@ from pathlib import Path
 from netsim.runner import DEFAULT_DEADLINE_S, run_scenario
 from netsim.scenario import SCENARIOS
 from netsim.simmode import run_simulation
+from netsim.suite import parse_seeds, run_suite, suite_table
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m netsim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the scenarios, with their default sizes")
-    run = sub.add_parser("run", help="run one scenario on real nodes")
-    run.add_argument("scenario", choices=sorted(SCENARIOS))
+    run = sub.add_parser("run", help="run one scenario (or all) on real nodes")
+    run.add_argument("scenario", choices=[*sorted(SCENARIOS), "all"])
     run.add_argument("--nodes", type=int, default=None, help="default: the scenario's own")
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument(
+        "--seeds", type=parse_seeds, default=None, help="several seeds, e.g. 1-5 or 1,3 (suite)"
+    )
     run.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    run.add_argument("--report-dir", type=Path, default=None, help="suite: one report per run")
     run.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S, help="seconds per phase")
     sim = sub.add_parser("sim", help="simulation mode: the swarm machines of N nodes, virtual time")
     sim.add_argument("--nodes", type=int, default=1000)
@@ -48,6 +55,27 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _suite(args: argparse.Namespace) -> int:
+    """``run all`` or ``--seeds``: each scenario for each seed, then the table."""
+    names = sorted(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    try:
+        reports = asyncio.run(
+            run_suite(
+                names,
+                seeds,
+                nodes=args.nodes,
+                report_dir=args.report_dir,
+                deadline_s=args.deadline,
+            )
+        )
+    except KeyboardInterrupt:
+        print("interrupted: nodes stopped", file=sys.stderr)
+        return 130
+    print(suite_table(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.command == "list":
@@ -59,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes is not None and args.nodes < 2:
         print("--nodes must be at least 2", file=sys.stderr)
         return 2
+    if args.scenario == "all" or args.seeds is not None:
+        return _suite(args)
     try:
         report = asyncio.run(
             run_scenario(args.scenario, nodes=args.nodes, seed=args.seed, deadline_s=args.deadline)

@@ -500,7 +500,7 @@ async def churn(run: Run) -> None:
 
 # blob-swarm: every node's uplink cap R, and the blob's size.
 SWARM_UPLINK_BPS = 8 << 20
-SWARM_BLOB_BYTES = 16 << 20
+SWARM_BLOB_BYTES = 64 << 20
 
 
 @scenario(

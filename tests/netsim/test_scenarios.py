@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import netsim.scenario
+from netsim.invariants import Check
 from netsim.nodeproc import REPO_ROOT
-from netsim.runner import run_scenario
-from netsim.scenario import SCENARIOS, Run, scenario
+from netsim.runner import Report, run_scenario
+from netsim.scenario import CHURN_STEPS, SCENARIOS, Run, scenario
 
 pytestmark = pytest.mark.slow
 
@@ -95,6 +97,71 @@ async def test_flapping_links_lose_no_acknowledged_write(tmp_path: Path) -> None
     [acked, _, _] = report.invariants
     # begin + 10 flaps with 2 writers + the final round, 5 events each
     assert acked.detail.startswith(f"{(4 + 10 * 2 + 4) * 5} acknowledged events")
+
+
+def _check(report: Report, name: str) -> Check:
+    [check] = [c for c in report.invariants if c.name == name]
+    return check
+
+
+async def test_split_brain_with_blobs_on_every_side_converges(tmp_path: Path) -> None:
+    report = await run_scenario("split-brain", nodes=6, seed=1, root=tmp_path)
+    assert report.ok, report.summary()
+    assert report.blobs == 3  # one per side, each acknowledged
+    blobs = _check(report, "acknowledged blobs byte-exact on every live node")
+    assert "3 blobs" in blobs.detail
+    assert "all 6 nodes" in blobs.detail
+    phases = list(report.phases)
+    assert phases.index("each side holds its own blob") < phases.index("faults over")
+
+
+async def test_churn_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    report = await run_scenario("churn", nodes=5, seed=2, root=tmp_path)
+    assert report.ok, report.summary()
+    left = [p for p in report.phases if p.startswith("step ")]
+    assert len(left) == CHURN_STEPS
+    assert report.blobs == CHURN_STEPS  # one upload per step, while nodes were away
+
+
+async def test_a_blob_swarm_with_capped_uplinks_beats_a_lone_source(tmp_path: Path) -> None:
+    report = await run_scenario("blob-swarm", nodes=4, seed=1, root=tmp_path)
+    assert report.ok, report.summary()
+    bound = _check(report, "blob on all nodes within 2 x size / R")
+    assert "for 4 nodes" in bound.detail
+
+
+async def test_a_node_killed_mid_download_resumes(tmp_path: Path) -> None:
+    report = await run_scenario("crash-mid-transfer", nodes=4, seed=3, root=tmp_path)
+    assert report.ok, report.summary()
+    assert _check(report, "the killed node resumed its download").ok
+    assert _check(report, "a read during the download got the whole blob").ok
+    served = _check(report, "no node served bytes that are not the blob's")
+    assert served.ok
+    assert "reads" in served.detail
+
+
+async def test_a_slow_node_is_never_marked_dead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(netsim.scenario, "SLOW_FOR_S", 5.0)  # CI size; the default is 20 s
+    report = await run_scenario("slow-node", nodes=4, seed=1, root=tmp_path)
+    assert report.ok, report.summary()
+    [never_dead] = [c for c in report.invariants if c.name.endswith("never marked dead")]
+    assert "observations" in never_dead.detail
+
+
+async def test_skewed_clocks_show_in_events_and_converge(tmp_path: Path) -> None:
+    report = await run_scenario("clock-skew", nodes=4, seed=1, root=tmp_path)
+    assert report.ok, report.summary()
+    skew = _check(report, "events carry their node's skewed clock")
+    assert "n1 +3600 s" in skew.detail
+    assert "n2 -3600 s" in skew.detail
+
+
+async def test_an_asymmetric_partition_heals(tmp_path: Path) -> None:
+    report = await run_scenario("one-way", nodes=4, seed=1, root=tmp_path)
+    assert report.ok, report.summary()
+    assert "the rest marked them dead" in report.phases
 
 
 async def never_heals(run: Run) -> None:
