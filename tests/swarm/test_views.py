@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Sequence
 
 from protocol.messages import (
     Disconnect,
@@ -10,6 +12,7 @@ from protocol.messages import (
     Join,
     Neighbor,
     NeighborReply,
+    PeerInfo,
     PeerList,
     PeerRequest,
     Ping,
@@ -187,3 +190,83 @@ def test_foreign_message_is_dropped_not_raised() -> None:
     v.handle(0.0, make_id(1), NeighborReply(accepted=True))  # never asked
     assert v.dropped == 2
     assert not v.active
+
+
+def _dialled(dials: Sequence[object]) -> PeerInfo:
+    [info] = dials
+    assert isinstance(info, PeerInfo)
+    return info
+
+
+def _full_view_in_a_big_swarm(config: ViewConfig) -> Views:
+    """A started node of a 1,000-node swarm: a full active view, ten passive peers."""
+    v = views(config, connected=range(1, 20))
+    v.n_estimate = 1000
+    v.start(0.0)
+    for i in range(1, 1 + v.target()):
+        v.handle(0.0, make_id(i), Neighbor(high_priority=True))
+    for i in range(100, 110):
+        v.add_passive(make_info(i))
+    v.take()
+    return v
+
+
+def test_a_full_view_swaps_a_link_for_a_random_passive_peer() -> None:
+    cfg = ViewConfig(rewire_interval=10.0)
+    v = _full_view_in_a_big_swarm(cfg)
+    before = set(v.active)
+    v.on_timer(cfg.rewire_interval)
+    fx = v.take()
+    assert not [m for _, m in fx.sends if isinstance(m, Neighbor)]  # not connected: dial first
+    info = _dialled(fx.dials)
+    assert info.node_id in v.passive
+    v.on_connected(cfg.rewire_interval, info)
+    [(peer, msg)] = v.take().sends
+    # High priority: the passive peer takes us even when its own view is full.
+    assert (peer, msg) == (info.node_id, Neighbor(high_priority=True))
+    v.handle(cfg.rewire_interval, peer, NeighborReply(accepted=True))
+    fx = v.take()
+    assert peer in v.active
+    assert len(v.active) == len(before)  # one old link went, so the view stays at its target
+    [gone] = before - set(v.active)
+    assert (gone, Disconnect()) in fx.sends
+    assert gone in v.passive
+    assert ActivePeerRemoved(peer=gone) in fx.notices
+
+
+def test_no_swap_in_a_small_swarm_or_after_a_refusal() -> None:
+    small = _full_view_in_a_big_swarm(ViewConfig())
+    small.n_estimate = 8  # the active views cover most of such a swarm already
+    small.on_timer(ViewConfig().rewire_interval)
+    assert small.take().dials == []
+
+    v = _full_view_in_a_big_swarm(ViewConfig())
+    before = set(v.active)
+    v.on_timer(ViewConfig().rewire_interval)
+    info = _dialled(v.take().dials)
+    v.on_connected(10.0, info)
+    v.take()
+    v.handle(10.0, info.node_id, NeighborReply(accepted=False))
+    assert set(v.active) == before  # nothing dropped for a swap that did not happen
+    assert info.node_id in v.passive
+
+
+def test_swaps_slow_down_after_the_first_rounds() -> None:
+    cfg = ViewConfig(rewire_interval=10.0, rewire_rounds=2, rewire_slow_interval=300.0)
+    v = _full_view_in_a_big_swarm(cfg)
+    dials_at = []
+    now = 0.0
+    while now < 700.0:
+        now += 10.0
+        v.on_timer(now)
+        fx = v.take()
+        if fx.dials:
+            info = _dialled(fx.dials)
+            dials_at.append(now)
+            v.on_connected(now, info)
+            v.take()
+            v.handle(now, info.node_id, NeighborReply(accepted=False))
+            v.take()
+    assert dials_at[:2] == [10.0, 20.0]
+    assert all(b - a >= 300.0 for a, b in itertools.pairwise(dials_at[1:]))
+    assert len(dials_at) >= 3
