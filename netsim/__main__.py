@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM stops a run like Ctrl-C does: the nodes are stopped, not left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = _args(argv)
     if args.command == "list":
         for spec in sorted(SCENARIOS.values(), key=lambda s: s.name):

@@ -39,7 +39,15 @@ from pathlib import Path
 from types import TracebackType
 
 from netsim.nodeproc import NodeProcess
-from netsim.proxy import DEFAULT_RTO_S, CutMode, LinkShape, TcpProxy, TokenBucket, process_of_port
+from netsim.proxy import (
+    DEFAULT_RTO_S,
+    CutMode,
+    LinkShape,
+    SocketOwners,
+    TcpProxy,
+    TokenBucket,
+    process_of_port,
+)
 from netsim.skew import SKEW_DIR, SKEW_ENV
 from swarmnode.swarm.driver_config import ADVERTISE_ENV
 
@@ -102,6 +110,7 @@ class Cluster:
         self.members: list[Member] = []
         self.rules: dict[int, tuple[frozenset[str], frozenset[str], CutMode]] = {}
         self._names: dict[int, str] = {}  # pid → name, for the proxies' identify
+        self._owners = SocketOwners()  # the nodes' sockets, scanned once for many lookups
         self._stack = contextlib.AsyncExitStack()
         self._skews = {name: float(s) for name, s in (clock_skew or {}).items()}
         self._rule_blocks: dict[int, list[tuple[TcpProxy, int]]] = {}
@@ -166,7 +175,7 @@ class Cluster:
     def _identify_for(self, proxy: TcpProxy) -> Callable[[tuple[str, int]], str | None]:
         def identify(peer: tuple[str, int]) -> str | None:
             names = self._names  # replaced, never changed in place: a consistent view
-            pid = process_of_port(peer, proxy.port, list(names))
+            pid = process_of_port(peer, proxy.port, list(names), self._owners)
             return None if pid is None else names.get(pid)
 
         return identify
