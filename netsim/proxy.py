@@ -642,6 +642,13 @@ class TcpProxy:
     def open_links(self) -> int:
         return sum(1 for link in self._links if any(not p.closed.done() for p in link.pipes()))
 
+    @property
+    def open_labels(self) -> list[str | None]:
+        """Who dialled each open connection (None: the dialler was not identified)."""
+        return [
+            link.label for link in self._links if any(not p.closed.done() for p in link.pipes())
+        ]
+
     async def aclose(self) -> None:
         """Stop accepting, close every connection and wait until all are gone."""
         if self._serving is not None:

@@ -302,3 +302,17 @@ async def test_a_node_started_with_a_clock_skew_stamps_events_that_far_off(tmp_p
         await cluster.restart("n0")
         stamped = await _latest_timestamp_s(session, node, "right")
         assert abs(stamped - time.time()) < 30, stamped - time.time()
+
+
+async def test_connections_a_node_makes_while_it_starts_are_labelled_with_it(
+    tmp_path: Path,
+) -> None:
+    """n1 dials its seed n0 while it starts, before the cluster knows it is ready: that
+    connection must carry n1's label, or shaping and blocks keyed by name would miss it."""
+    key = hashlib.blake2s(b"netsim/test-cluster/labels").hexdigest()
+    async with asyncio.timeout(100), Cluster(tmp_path, 2, swarm_key=key) as cluster:
+        seed = cluster.member("n0").proxy
+        await seed.wait_until(lambda p: p.open_links >= 1)
+        await seed.settled()
+        assert seed.open_labels
+        assert set(seed.open_labels) == {"n1"}
