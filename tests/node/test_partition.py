@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 from netsim.nodeproc import NodeProcess, http_offsets, http_publish
 from netsim.observe import free_port, wait_holds, wait_states
 from netsim.proxy import CutMode, TcpProxy, process_of_port
+from tests.helpers.proxy_clients import label_by_port, labelled_dial, local_server
 
 SWARM_KEY = hashlib.blake2s(b"partition test swarm").hexdigest()
 DEADLINE = 60.0  # per phase: cold starts and probing on a loaded 2-core machine
@@ -43,28 +43,16 @@ PER_ROUND = 10
 async def echo_server() -> AsyncIterator[tuple[tuple[str, int], list[bytes]]]:
     """A server that echoes every read back and records it."""
     received: list[bytes] = []
-    writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         while data := await reader.read(65536):
             received.append(data)
             writer.write(data)
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        host, port = server.sockets[0].getsockname()[:2]
+    async with local_server(serve) as (host, port):
         yield (host, port), received
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -116,15 +104,11 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return True
 
 
-def _label_by_port(labels: dict[int, str]) -> Callable[[tuple[str, int]], str | None]:
-    return lambda peer: labels.get(peer[1])
-
-
 async def test_proxy_blackhole_holds_only_the_chosen_clients_and_heals() -> None:
     labels: dict[int, str] = {}
     async with asyncio.timeout(DEADLINE), echo_server() as (target, received):
         async with (
-            TcpProxy(target, identify=_label_by_port(labels)) as proxy,
+            TcpProxy(target, identify=label_by_port(labels)) as proxy,
             labelled_dial(proxy.address, labels, "cut") as cut,
             labelled_dial(proxy.address, labels, "kept") as kept,
         ):
@@ -148,30 +132,6 @@ async def test_proxy_blackhole_holds_only_the_chosen_clients_and_heals() -> None
         joined = b"".join(received)
         assert joined.count(b"a2") == 1
         assert b"a3" in joined
-
-
-@contextlib.asynccontextmanager
-async def labelled_dial(
-    address: str, labels: dict[int, str], label: str
-) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
-    """A client whose local port is labelled before the proxy asks (bound before connecting)."""
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        labels[sock.getsockname()[1]] = label
-        host, _, port = address.rpartition(":")
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    except BaseException:
-        sock.close()
-        raise
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 # ---- real nodes ----------------------------------------------------------------------------

@@ -14,11 +14,12 @@ import gc
 import random
 import socket
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from netsim.proxy import LinkShape, TcpProxy, TokenBucket
+from tests.helpers.proxy_clients import Conn, label_by_port, labelled_dial, local_server
 
 DEADLINE = 30.0
 MIB = 1 << 20
@@ -35,11 +36,9 @@ async def sink_server(
     """Counts what each connection sends (one counter per connection, in accept order) and sets
     the event once ``TOTAL`` bytes arrived in all; with ``send``, sends ``TOTAL`` bytes instead."""
     counts: list[int] = []
-    writers: list[asyncio.StreamWriter] = []
     full = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         if send:
             writer.write(bytes(TOTAL))
             await writer.drain()
@@ -51,18 +50,8 @@ async def sink_server(
             if sum(counts) >= TOTAL:
                 full.set()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        host, port = server.sockets[0].getsockname()[:2]
+    async with local_server(serve) as (host, port):
         yield (host, port), counts, full
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 @contextlib.asynccontextmanager
@@ -142,27 +131,15 @@ async def test_cap_set_at_runtime_is_shared_by_all_connections() -> None:
 
 @contextlib.asynccontextmanager
 async def echo_server() -> AsyncIterator[tuple[str, int]]:
-    writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        host, port = server.sockets[0].getsockname()[:2]
+    async with local_server(serve) as (host, port):
         yield host, port
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 async def test_delay_holds_each_read_back_in_order() -> None:
@@ -277,34 +254,6 @@ async def test_no_socket_is_left_when_a_client_connects_as_the_accept_is_cancell
 
 # ---- per client (label) ------------------------------------------------------------------------
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def by_port(labels: dict[int, str]) -> Callable[[tuple[str, int]], str | None]:
-    return lambda peer: labels.get(peer[1])
-
-
-@contextlib.asynccontextmanager
-async def labelled_dial(address: str, labels: dict[int, str], label: str) -> AsyncIterator[Conn]:
-    """A client whose local port is labelled before the proxy asks (bound before connecting)."""
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", 0))
-        labels[sock.getsockname()[1]] = label
-        host, _, port = address.rpartition(":")
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    except BaseException:
-        sock.close()
-        raise
-    reader, writer = await asyncio.open_connection(sock=sock)
-    try:
-        yield reader, writer
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
 
 async def round_trip(conn: Conn, payload: bytes) -> float:
     """Seconds for ``payload`` to come back from the echo server."""
@@ -323,7 +272,7 @@ async def test_link_jitter_stays_within_bounds_and_keeps_order() -> None:
     async with (
         asyncio.timeout(DEADLINE),
         echo_server() as target,
-        TcpProxy(target, identify=by_port(labels), rng=random.Random(1)) as proxy,
+        TcpProxy(target, identify=label_by_port(labels), rng=random.Random(1)) as proxy,
         labelled_dial(proxy.address, labels, "a") as conn,
     ):
         proxy.shape_link("a", to_target=LinkShape(delay_s=delay, jitter_s=jitter))
@@ -344,7 +293,7 @@ async def _loss_pattern(seed: int, rto: float) -> list[bool]:
     labels: dict[int, str] = {}
     async with (
         echo_server() as target,
-        TcpProxy(target, identify=by_port(labels), rng=random.Random(seed)) as proxy,
+        TcpProxy(target, identify=label_by_port(labels), rng=random.Random(seed)) as proxy,
         labelled_dial(proxy.address, labels, "a") as conn,
     ):
         proxy.shape_link("a", to_target=LinkShape(loss=0.5, rto_s=rto))
@@ -364,28 +313,16 @@ async def test_loss_holds_reads_back_by_the_rto_repeatably_by_seed() -> None:
 async def eof_sink() -> AsyncIterator[tuple[tuple[str, int], list[int]]]:
     """Counts each connection's bytes until its EOF, then closes it (the client sees EOF)."""
     got: list[int] = []
-    writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         count = 0
         while data := await reader.read(1 << 18):
             count += len(data)
         got.append(count)
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        host, port = server.sockets[0].getsockname()[:2]
+    async with local_server(serve) as (host, port):
         yield (host, port), got
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 async def upload(proxy: TcpProxy, labels: dict[int, str], label: str, size: int) -> float:
@@ -414,7 +351,7 @@ async def test_a_link_cap_slows_only_its_own_client() -> None:
     async with (
         asyncio.timeout(DEADLINE),
         eof_sink() as (target, got),
-        TcpProxy(target, identify=by_port(labels)) as proxy,
+        TcpProxy(target, identify=label_by_port(labels)) as proxy,
     ):
         proxy.shape_link("slow", to_target=LinkShape(buckets=(TokenBucket(CAP),)))
         half = TOTAL // 2
@@ -436,8 +373,8 @@ async def test_one_bucket_caps_two_proxies_together_like_a_node_uplink() -> None
         asyncio.timeout(DEADLINE),
         eof_sink() as (sink, got),
         sink_server(send=True) as (source, _, _),
-        TcpProxy(sink, identify=by_port(labels)) as dialled_by_x,
-        TcpProxy(source, identify=by_port(labels)) as in_front_of_x,
+        TcpProxy(sink, identify=label_by_port(labels)) as dialled_by_x,
+        TcpProxy(source, identify=label_by_port(labels)) as in_front_of_x,
     ):
         dialled_by_x.shape_link("x", to_target=LinkShape(buckets=(uplink,)))
         in_front_of_x.shape_link("y", to_client=LinkShape(buckets=(uplink,)))
@@ -464,10 +401,8 @@ async def recording_echo() -> AsyncIterator[tuple[tuple[str, int], list[bytes], 
     """An echo server that records every read and sets the event after each."""
     received: list[bytes] = []
     changed = asyncio.Event()
-    writers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
         while data := await reader.read(65536):
             received.append(data)
             changed.set()
@@ -475,18 +410,8 @@ async def recording_echo() -> AsyncIterator[tuple[tuple[str, int], list[bytes], 
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        host, port = server.sockets[0].getsockname()[:2]
+    async with local_server(serve) as (host, port):
         yield (host, port), received, changed
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        for writer in writers:
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
 
 
 async def test_one_way_blocks_stack_and_lift_one_by_one() -> None:
@@ -494,7 +419,7 @@ async def test_one_way_blocks_stack_and_lift_one_by_one() -> None:
     async with (
         asyncio.timeout(DEADLINE),
         recording_echo() as (target, received, changed),
-        TcpProxy(target, identify=by_port(labels)) as proxy,
+        TcpProxy(target, identify=label_by_port(labels)) as proxy,
         labelled_dial(proxy.address, labels, "a") as a,
         labelled_dial(proxy.address, labels, "b") as b,
     ):
@@ -530,7 +455,7 @@ async def test_a_reset_block_refuses_its_clients_until_lifted_and_a_reset_is_onc
     async with (
         asyncio.timeout(DEADLINE),
         echo_server() as target,
-        TcpProxy(target, identify=by_port(labels)) as proxy,
+        TcpProxy(target, identify=label_by_port(labels)) as proxy,
         labelled_dial(proxy.address, labels, "b") as b,
     ):
         async with labelled_dial(proxy.address, labels, "a") as a:
