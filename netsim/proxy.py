@@ -276,7 +276,12 @@ class _Pipe(asyncio.Protocol):
     def _send_eof(self) -> None:
         target = self._target()
         if target is not None and target.can_write_eof():
-            target.write_eof()
+            try:
+                target.write_eof()
+            except OSError:
+                # The far side went first (ENOTCONN): nothing more can flow that way either.
+                self.link.close()
+                return
         self.eof_sent = True
         other = self.link.other(self)
         if other is not None and other.eof_sent:
