@@ -90,6 +90,7 @@ def _probe_config(raw: str | None) -> DriverConfig:
         protocol_period=period,
         ack_timeout=period / 2,
         indirect_timeout=period,
+        gossip_interval=period / 5,
         join_backoff_initial=period,
         join_backoff_max=max(period, 30.0 * period),
     )

@@ -11,13 +11,17 @@ Rules, with their sources:
   within the ack timeout -> ``PingReq`` through k helpers; no ack by the end of the indirect
   window -> SUSPECT, gossiped with this node as origin.
 - Gossip (SWIM §4.1): updates ride on Ping/Ack, least-sent first, each sent at most
-  ``retransmit_mult * ceil(log10(N + 1))`` times.
+  ``retransmit_mult * ceil(log10(N + 1))`` times; while any are pending they also go out on their
+  own every ``gossip_interval`` to ``gossip_fanout`` connected peers (memberlist's gossip), so
+  news spreads at gossip speed, not one hop per probe period.
 - Precedence (SPEC §7.2.1): one function, ``supersedes``. A node suspected or declared dead at an
   incarnation >= its own raises it past that and gossips ALIVE (refutation).
 - Lifeguard local health: a failed probe, a missed nack or a refutation raises the multiplier; a
   good probe lowers it; probe interval and ack timeouts are stretched by ``1 + multiplier``.
 - Lifeguard dynamic suspicion: the timeout starts at ``beta * min`` and falls towards
-  ``min = alpha * max(1, log10 N) * period`` as independent suspicions (by origin) arrive.
+  ``min = alpha * max(1, log10 N) * period`` as independent suspicions (by origin) arrive. A
+  node whose own probe of a suspect fails counts as one, and every new confirmation is gossiped
+  on, so the other nodes' timeouts shrink too.
 - Full-list push (SPEC §7.2.7): a joiner gets every live record from its contact, and every
   ``sync_interval`` each node pushes its table, tombstones included, to one active peer, so
   knowledge converges even when piggyback capacity lags behind mass joins.
@@ -265,6 +269,8 @@ class Membership:
                 self._on_join_timer(now)
             elif kind == "sync":
                 self._sync(now)
+            elif kind == "gossip":
+                self._gossip_round(now)
 
     def drain(self) -> Effects:
         """Everything to do since the last drain, and the next deadline."""
@@ -318,6 +324,7 @@ class Membership:
             self.views.start(now)
             self._timers.schedule(("probe", ""), now + self.config.protocol_period)
             self._timers.schedule(("sync", ""), now + self.config.sync_interval)
+            self._timers.schedule(("gossip", ""), now + self.config.gossip_interval)
 
     def _send(self, peer: str, msg: SendableMessage) -> None:
         self._fx.sends.append((peer, msg))
@@ -383,6 +390,25 @@ class Membership:
         out += self._gossip.take(self.config.max_piggyback, limit, skip=peer)
         return tuple(out[:MAX_MEMBER_UPDATES])
 
+    def _gossip_round(self, now: float) -> None:
+        """Pending updates to a few random connected peers; nothing at all when none are
+        pending, so a quiet swarm sends no gossip beyond its probes."""
+        self._timers.schedule(("gossip", ""), now + self.config.gossip_interval)
+        if not self._gossip:
+            return
+        peers = sorted(p for p in self.views.connected if self._reachable(p))
+        limit = retransmit_limit(self.config, self._live_count())
+        for peer in self._rng.sample(peers, min(self.config.gossip_fanout, len(peers))):
+            updates = self._gossip.take(self.config.max_piggyback, limit, skip=peer)
+            if not updates:
+                return
+            self._send(peer, MemberUpdates(updates=tuple(updates)))
+
+    def _reachable(self, peer: str) -> bool:
+        """Not a member we hold DEAD or LEFT (its connection is being hung up)."""
+        m = self._members.get(peer)
+        return m is None or m.state <= MemberState.SUSPECT
+
     def _apply_all(self, now: float, updates: Sequence[MemberUpdate]) -> None:
         for update in updates:
             self._apply(now, update)
@@ -415,8 +441,9 @@ class Membership:
                 u.state == MemberState.SUSPECT
                 and (u.incarnation, u.state) == (m.incarnation, m.state)
                 and u.origin not in m.confirmations
+                and self._confirm(m, u.origin)
             ):
-                self._confirm(m, u.origin)
+                self._enqueue(u)  # an independent suspicion: pass it on (Lifeguard)
             return
         old = m.state
         m.incarnation = u.incarnation
@@ -499,12 +526,14 @@ class Membership:
     def _suspicion_timeout(self, confirmations: int) -> float:
         return suspicion_timeout(self.config, self._live_count(), confirmations)
 
-    def _confirm(self, m: MemberRecord, origin: str) -> None:
+    def _confirm(self, m: MemberRecord, origin: str) -> bool:
+        """Count ``origin``'s suspicion; False once enough are counted (more change nothing)."""
         if len(m.confirmations) > self.config.suspicion_k:
-            return
+            return False
         m.confirmations.add(origin)
         deadline = m.suspect_start + self._suspicion_timeout(len(m.confirmations))
         self._timers.schedule(("suspect", m.node_id), deadline)
+        return True
 
     def _on_suspicion_timeout(self, now: float, node_id: str) -> None:
         m = self._members.get(node_id)
@@ -603,6 +632,14 @@ class Membership:
         m = self._members.get(probe.target)
         if m is not None and m.state == MemberState.ALIVE:
             self._apply(now, self._record(m, MemberState.SUSPECT))
+        elif (
+            m is not None
+            and m.state == MemberState.SUSPECT
+            and self.me not in m.confirmations
+            and self._confirm(m, self.me)
+        ):
+            # Already suspected by others: our own failed probe is an independent suspicion.
+            self._enqueue(self._record(m, MemberState.SUSPECT))
 
     def _on_ping_req(self, now: float, peer: str, msg: PingReq) -> None:
         target = msg.target.node_id

@@ -43,13 +43,19 @@ class MembershipConfig:
     suspicion_beta: float = 6.0
     """Maximum suspicion = beta * minimum (Lifeguard §IV.B uses 6)."""
     suspicion_k: int = 3
-    """Independent suspicions after which the timeout reaches its minimum (Lifeguard K)."""
+    """Independent suspicions after which the timeout reaches its minimum (Lifeguard K); in a
+    swarm too small for K other suspecters, all the members that can suspect suffice."""
     max_local_health: int = 8
     """Cap of the Lifeguard multiplier: at most 9x slower probing when this node struggles."""
     retransmit_mult: int = 4
     """SWIM lambda: each update goes out lambda * ceil(log10(N+1)) times (infection-style)."""
     max_piggyback: int = 16
     """Updates per Ping/Ack: keeps probes small (MAX_MEMBER_UPDATES allows 256)."""
+    gossip_interval: float = 0.2
+    """While updates are pending, they also go out on their own this often (memberlist's
+    GossipInterval): riding only on one probe per period, news crossed a 20-node swarm in ~6 s."""
+    gossip_fanout: int = 3
+    """Connected peers each gossip round goes to (memberlist's GossipNodes)."""
     max_members: int = 4096
     """Member table cap: four times the largest swarm DESIGN.md plans for."""
     max_tombstones: int = 1024
@@ -112,10 +118,17 @@ class MemberInfo:
 
 def suspicion_timeout(config: MembershipConfig, members: int, confirmations: int) -> float:
     """Lifeguard §IV.B dynamic suspicion: from ``beta * min`` down to ``min`` (``alpha *
-    max(1, log10 N)`` periods) as independent suspicions reach ``suspicion_k + 1``."""
+    max(1, log10 N)`` periods) as independent suspicions reach ``k + 1``.
+
+    ``members`` counts the suspect and us. At most ``members - 1`` nodes can suspect, so ``k`` is
+    ``suspicion_k`` capped at ``members - 2``: otherwise a small swarm always waits near the
+    maximum, for confirmations that cannot come (memberlist expects none below 4 members)."""
     low = config.suspicion_alpha * max(1.0, math.log10(max(members, 1))) * config.protocol_period
+    k = min(config.suspicion_k, members - 2)
+    if k < 1:
+        return low
     high = config.suspicion_beta * low
-    frac = math.log(max(confirmations, 1)) / math.log(config.suspicion_k + 1)
+    frac = math.log(max(confirmations, 1)) / math.log(k + 1)
     return max(low, high - (high - low) * frac)
 
 

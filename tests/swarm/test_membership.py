@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -32,6 +33,7 @@ from swarmnode.swarm.membership import (
     PeerLeft,
     PeerSuspect,
     supersedes,
+    suspicion_timeout,
 )
 from swarmnode.swarm.views import ViewConfig
 from tests.helpers.membership_sim import make_id, make_info
@@ -261,6 +263,113 @@ def test_suspicion_timeout_shrinks_with_independent_confirmations() -> None:
     assert dead_at(1) == pytest.approx(cfg.suspicion_beta * low)
     assert low < dead_at(2) < cfg.suspicion_beta * low
     assert dead_at(cfg.suspicion_k + 1) == pytest.approx(low)
+
+
+def test_a_small_swarm_needs_only_the_suspicions_its_members_can_give() -> None:
+    cfg = MembershipConfig()
+    low = cfg.suspicion_alpha * cfg.protocol_period  # log10 N < 1 below 10 members
+    # Two members: the one observer can never be confirmed, so it waits the minimum.
+    assert suspicion_timeout(cfg, 2, 1) == pytest.approx(low)
+    # Three: both observers suspecting is all there can be; one alone waits the maximum.
+    assert suspicion_timeout(cfg, 3, 1) == pytest.approx(cfg.suspicion_beta * low)
+    assert suspicion_timeout(cfg, 3, 2) == pytest.approx(low)
+    # Large enough for K: unchanged, the minimum needs K + 1 suspicions.
+    assert suspicion_timeout(cfg, 9, 3) > low
+    assert suspicion_timeout(cfg, 9, cfg.suspicion_k + 1) == pytest.approx(low)
+
+
+def _suspect(node: int, origin: int) -> MemberUpdate:
+    return MemberUpdate(
+        node_id=make_id(node), state=S.SUSPECT, incarnation=0, addresses=(), origin=make_id(origin)
+    )
+
+
+def _updates(fx: Effects) -> list[MemberUpdate]:
+    out: list[MemberUpdate] = []
+    for _, msg in fx.sends:
+        if isinstance(msg, Ping | Ack | MemberUpdates):
+            out += msg.updates
+    return out
+
+
+def run_answering(m: Membership, until: float, silent: str) -> tuple[list[MemberUpdate], float]:
+    """Fire timers up to ``until`` with every member but ``silent`` answering our pings (and
+    nacking our indirect probes); every update we sent, and when ``silent`` was marked dead."""
+    sent_updates: list[MemberUpdate] = []
+    dead_at = math.inf
+    fx = m.drain()
+    while fx.deadline is not None and fx.deadline <= until:
+        now = fx.deadline
+        m.handle_timer(now)
+        fx = m.drain()
+        sent_updates += _updates(fx)
+        for peer, msg in fx.sends:
+            if isinstance(msg, Ping) and peer != silent:
+                m.handle_message(now, peer, Ack(seq=msg.seq, updates=()))
+            elif isinstance(msg, PingReq):
+                m.handle_message(now, peer, PingReqNack(seq=msg.seq, target=msg.target.node_id))
+        more = m.drain()
+        sent_updates += _updates(more)
+        fx.deadline = more.deadline
+        if m.state_of(silent) == S.DEAD and dead_at == math.inf:
+            dead_at = now
+    return sent_updates, dead_at
+
+
+def test_own_failed_probe_of_a_suspect_confirms_it_and_is_gossiped() -> None:
+    cfg = MembershipConfig()
+    m = machine(cfg)
+    with_members(m, 5)
+    m.join(0.0, [])
+    m.handle_message(0.0, make_id(2), MemberUpdates(updates=(_suspect(1, origin=2),)))
+    updates, dead_at = run_answering(m, 60.0, silent=make_id(1))
+    low = cfg.suspicion_alpha * cfg.protocol_period
+    # Two independent suspicions (member 2's and ours): well before the one-suspicion maximum.
+    assert dead_at == pytest.approx(suspicion_timeout(cfg, 6, 2), abs=1e-6)
+    assert dead_at < cfg.suspicion_beta * low
+    ours = [u for u in updates if u.node_id == make_id(1) and u.state == S.SUSPECT]
+    assert any(u.origin == ME.node_id for u in ours)
+
+
+def test_a_new_independent_suspicion_is_passed_on_and_a_repeat_is_not() -> None:
+    cfg = dataclasses.replace(MembershipConfig(), protocol_period=1000.0)  # no probing here
+    m = machine(cfg)
+    with_members(m, 20)
+    for peer in (2, 3, 4):
+        m.handle_connected(0.0, make_id(peer), make_info(peer))
+    m.handle_message(0.0, make_id(2), MemberUpdates(updates=(_suspect(1, origin=2),)))
+    first = [u for fx in run_to(m, 5.0) for u in _updates(fx) if u.node_id == make_id(1)]
+    assert {u.origin for u in first} == {make_id(2)}
+    m.handle_message(5.0, make_id(3), MemberUpdates(updates=(_suspect(1, origin=3),)))
+    again = [u for fx in run_to(m, 10.0) for u in _updates(fx) if u.node_id == make_id(1)]
+    assert make_id(3) in {u.origin for u in again}
+    m.handle_message(10.0, make_id(4), MemberUpdates(updates=(_suspect(1, origin=3),)))
+    repeat = [u for fx in run_to(m, 15.0) for u in _updates(fx) if u.node_id == make_id(1)]
+    assert repeat == []
+
+
+def test_pending_updates_go_out_every_gossip_interval_and_a_quiet_swarm_sends_none() -> None:
+    cfg = dataclasses.replace(MembershipConfig(), protocol_period=1000.0)  # no probing here
+    m = machine(cfg)
+    with_members(m, 8)
+    for peer in range(1, 6):
+        m.handle_connected(0.0, make_id(peer), make_info(peer))
+    m.drain()
+    rounds: list[tuple[float, set[str]]] = []
+    fx = m.drain()
+    while fx.deadline is not None and fx.deadline <= 20.0:
+        now = fx.deadline
+        m.handle_timer(now)
+        fx = m.drain()
+        to = {p for p, msg in fx.sends if isinstance(msg, MemberUpdates)}
+        if to:
+            rounds.append((now, to))
+    assert rounds[0][0] == pytest.approx(cfg.gossip_interval)
+    assert all(1 <= len(to) <= cfg.gossip_fanout for _, to in rounds)
+    assert all(to <= {make_id(i) for i in range(1, 6)} for _, to in rounds)
+    # Every update goes out a bounded number of times; then the rounds fall silent.
+    assert rounds[-1][0] < 5.0
+    assert m.statistics()["gossip_queue"] == 0
 
 
 def test_goodbye_leaving_marks_left_and_stops_probing() -> None:
