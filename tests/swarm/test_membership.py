@@ -33,8 +33,8 @@ from swarmnode.swarm.membership import (
     PeerLeft,
     PeerSuspect,
     supersedes,
-    suspicion_timeout,
 )
+from swarmnode.swarm.membership_types import suspicion_timeout
 from swarmnode.swarm.views import ViewConfig
 from tests.helpers.membership_sim import make_id, make_info
 
