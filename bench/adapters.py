@@ -8,6 +8,7 @@ these functions only read it.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -218,19 +219,12 @@ def channel(raws: list[Raw]) -> Adapted:
                 params={
                     "size_bytes": size,
                     "frame_bytes": raw["frame_bytes"],
+                    "handshakes_per_s_one_core": {
+                        c: round(r) for c, r in raw["handshakes_per_s"].items()
+                    },
                     "sender_cpu_s_per_gib": round(modes[name]["sender_cpu_s_per_gib"], 3),
                     "receiver_cpu_s_per_gib": round(modes[name]["receiver_cpu_s_per_gib"], 3),
                 },
-            )
-        )
-    for cipher, rate in raw["handshakes_per_s"].items():
-        figures.append(
-            figure(
-                f"channel.handshakes_{cipher}",
-                group="Encrypted channel",
-                name=f"Noise XXpsk3 handshakes, both ends on one core ({cipher})",
-                unit="handshakes/s",
-                runs=[rate],
             )
         )
     return figures, []
@@ -344,26 +338,24 @@ def convergence(raws: list[Raw]) -> Adapted:
         params = {"nodes": n, "events_per_round": c["events_per_round"]}
         figures += [
             figure(
-                f"swarm.round_{n}",
-                group="Swarm (real processes)",
-                name=f"{n} nodes: a round of concurrent publishes ({c['events_per_round']} "
-                "events) reaches every node",
-                unit="s",
-                better="lower",
-                runs=c["event_rounds_s"],
-                params=params | {"join_s": c["join_s"], "max_hops": c["max_hops"]},
-            ),
-            figure(
                 f"swarm.copies_{n}",
                 group="Swarm (real processes)",
-                name=f"{n} nodes: payload copies received per node per event",
+                name=f"{n} nodes: payload copies received per node per event (each round of "
+                f"{c['events_per_round']:,} concurrent publishes reached every node in "
+                f"{statistics.median(c['event_rounds_s']):.2f} s)",
                 unit="copies",
                 better="lower",
                 runs=c["copies_per_node_event_rounds"],
                 baseline="a perfect spanning tree (1 copy)",
                 baseline_runs=[1.0],
                 goal=Goal("<=", 1.3, on="value", source="issue 4"),
-                params=params | {"warmup_copies": c["warmup_copies_per_node_event"]},
+                params=params
+                | {
+                    "warmup_copies": c["warmup_copies_per_node_event"],
+                    "round_s": c["event_rounds_s"],
+                    "join_s": c["join_s"],
+                    "max_hops": c["max_hops"],
+                },
                 note="after one warm-up round (every Plumtree link starts eager)",
             ),
         ]
@@ -395,37 +387,42 @@ def catchup(raws: list[Raw]) -> Adapted:
 
 
 def dissemination(raws: list[Raw]) -> Adapted:
-    """``python -m netsim sim`` per N: the node's own swarm state machines (membership, views,
-    Plumtree) on a simulated network, warm trees measured apart from a source's first events."""
-    sims = sorted(raws, key=lambda r: int(r["nodes"]))
+    """``python -m netsim sim`` per N and seed: the node's own swarm state machines (membership,
+    views, Plumtree) on a simulated network, warm trees measured apart from a source's first
+    events; the seeds of one N are its runs."""
+    by_n: dict[int, list[Raw]] = {}
+    for raw in raws:
+        by_n.setdefault(int(raw["nodes"]), []).append(raw)
     figures = []
-    for s in sims:
-        n, d = int(s["nodes"]), s["dissemination"]
-        bound = int(s["hop_bound"])
-        measured, cold = d["measured"], d.get("cold_sources", {})
-        params = {
-            "nodes": n,
-            "events": measured["events"],
-            "p50": measured["p50"],
-            "max": measured["max"],
-            "first_events_of_new_sources_p99": cold.get("p99"),
-            "histogram": measured["histogram"],
-            "wall_s": s["wall_s"],
-        }
+    for n, sims in sorted(by_n.items()):
+        measured = [s["dissemination"]["measured"] for s in sims]
+        cold = [s["dissemination"].get("cold_sources", {}).get("p99") for s in sims]
+        detection = [s.get("detection") or {} for s in sims]
+        bound = int(sims[0]["hop_bound"])
+        seeds = [s["seed"] for s in sims]
         figures += [
             figure(
                 f"dissemination.hops_p99_{n}",
                 group="Dissemination (simulation)",
-                name=f"{n} nodes: hops for an event to reach a node, p99 (warm trees; "
-                f"p50 {measured['p50']}, max {measured['max']})",
+                name=f"{n} nodes: hops for an event to reach a node, p99 (warm trees; p50 "
+                f"{statistics.median(m['p50'] for m in measured):g}, max "
+                f"{max(m['max'] for m in measured)})",
                 unit="hops",
                 better="lower",
-                runs=[measured["p99"]],
+                runs=[m["p99"] for m in measured],
                 baseline="1 + ⌈log₄ N⌉",
                 baseline_runs=[bound],
                 goal=Goal("<=", bound, on="value", source="issue 6, set for N = 1,000"),
-                params=params,
-                note=f"a new source's first events: p99 {cold.get('p99')}",
+                params={
+                    "nodes": n,
+                    "seeds": seeds,
+                    "events_per_seed": measured[0]["events"],
+                    "first_events_of_new_sources_p99": cold,
+                    "histograms": [m["histogram"] for m in measured],
+                    "wall_s": [s["wall_s"] for s in sims],
+                },
+                note="a run per seed; a new source's first events flood before its tree prunes "
+                "(their p99 is in params)",
             ),
             figure(
                 f"dissemination.copies_{n}",
@@ -433,38 +430,40 @@ def dissemination(raws: list[Raw]) -> Adapted:
                 name=f"{n} nodes: payload copies received per node per event",
                 unit="copies",
                 better="lower",
-                runs=[measured["copies_per_node_event"]],
+                runs=[m["copies_per_node_event"] for m in measured],
                 baseline="a perfect spanning tree (1 copy)",
                 baseline_runs=[1.0],
                 goal=Goal("<=", 1.3, on="value", source="issues 4 and 6"),
-                params={"nodes": n, "warmup_copies": d["warmup"]["copies_per_node_event"]},
+                params={
+                    "nodes": n,
+                    "seeds": seeds,
+                    "warmup_copies": [
+                        s["dissemination"]["warmup"]["copies_per_node_event"] for s in sims
+                    ],
+                    "crash_detected_by_all_s": [
+                        d.get("all_dead_s", {}).get("max") for d in detection
+                    ],
+                    "false_suspicions": [d.get("false_suspicions") for d in detection],
+                },
             ),
         ]
-        det = s.get("detection") or {}
-        if det.get("detected"):
-            figures.append(
-                figure(
-                    f"dissemination.detect_{n}",
-                    group="Dissemination (simulation)",
-                    name=f"{n} nodes: a crashed node marked dead by every live node (virtual s)",
-                    unit="s",
-                    better="lower",
-                    runs=[det["all_dead_s"]["max"]],
-                    params={"first_suspect_p50_s": det["first_suspect_s"]["p50"]},
-                    note=f"false suspicions {det['false_suspicions']}",
-                )
-            )
-    xs = [int(s["nodes"]) for s in sims]
-    meas = [s["dissemination"]["measured"] for s in sims]
+    xs = sorted(by_n)
+
+    def median_of(key: str) -> list[float]:
+        return [statistics.median(s["dissemination"]["measured"][key] for s in by_n[n]) for n in xs]
+
     plot = [
-        series("hops_vs_n", "hops p99 (warm trees)", xs, [m["p99"] for m in meas]),
-        series("hops_vs_n", "hops p50 (warm trees)", xs, [m["p50"] for m in meas]),
-        series("hops_vs_n", "1 + ⌈log₄ N⌉", xs, [int(s["hop_bound"]) for s in sims], style="bound"),
+        series("hops_vs_n", "hops p99 (warm trees)", xs, median_of("p99")),
+        series("hops_vs_n", "hops p50 (warm trees)", xs, median_of("p50")),
         series(
             "hops_vs_n",
-            "payload copies per node per event",
+            "1 + ⌈log₄ N⌉",
             xs,
-            [m["copies_per_node_event"] for m in meas],
+            [int(by_n[n][0]["hop_bound"]) for n in xs],
+            style="bound",
+        ),
+        series(
+            "hops_vs_n", "payload copies per node per event", xs, median_of("copies_per_node_event")
         ),
     ]
     return figures, plot

@@ -767,15 +767,20 @@ def _figures(systems: list[System], size: int) -> list[dict[str, Any]]:
                 note=_NOTES["swarmnode"] + " " + _NOTES[peer.name],
             )
         )  # fmt: skip
-    out.extend(
+    floor = by_name.get("floor")
+    for system in by_name.values():
+        if system is floor:
+            continue
+        out.append(
             figure(
                 f"peers.gbps.{system.name}", group=GROUP, unit="GB/s", better="higher",
                 name=f"{_size(size)} A→B end to end, {system.label}",
-                runs=[_gbps(size, s) for s in _seconds(system)], params=params,
-                note=_NOTES[system.name],
+                runs=[_gbps(size, s) for s in _seconds(system)],
+                baseline=floor.label if floor else None,
+                baseline_runs=[_gbps(size, s) for s in _seconds(floor)] if floor else None,
+                params=params, note=_NOTES[system.name],
             )
-        for system in by_name.values()
-    )  # fmt: skip
+        )  # fmt: skip
     return out
 
 

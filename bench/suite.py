@@ -157,9 +157,13 @@ BENCHMARKS: list[Benchmark] = [
         "dissemination",
         "Dissemination hops and copies against N (simulation of the node's state machines)",
         "dissemination",
-        full=[["netsim", "sim", "--nodes", str(n), "--seed", "1"] for n in (20, 100, 300)],
+        full=[
+            ["netsim", "sim", "--nodes", str(n), "--seed", str(seed)]
+            for n, seeds in ((20, 3), (100, 3), (300, 2), (1000, 1))
+            for seed in range(1, seeds + 1)
+        ],
         quick=[["netsim", "sim", "--nodes", "20", "--seed", "1"]],
-        timeout_s=1800.0,
+        timeout_s=2400.0,
         json_flag="--report",
     ),
 ]
