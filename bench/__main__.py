@@ -1,6 +1,7 @@
 """``python -m bench``: run the whole suite, or regenerate BENCHMARKS.md from a run's JSON.
 
-    python -m bench all [--quick] [--only a,b] [--json FILE] [--markdown FILE] [--plots DIR]
+    python -m bench all [--quick] [--only a,b [--update]] [--json FILE] [--markdown FILE]
+                        [--plots DIR]
     python -m bench report FILE [--markdown FILE] [--plots DIR]
     python -m bench list
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import render_plots, write_markdown
-from bench.suite import BENCHMARKS, ROOT, run_suite
+from bench.suite import BENCHMARKS, ROOT, merge, run_suite
 
 FULL = {"json": "bench/results/full.json", "markdown": "BENCHMARKS.md", "plots": "bench/plots"}
 QUICK = {
@@ -40,6 +41,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--markdown", type=Path, default=None)
         p.add_argument("--plots", type=Path, default=None)
     run.add_argument("--json", type=Path, default=None)
+    run.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: rerun those into the existing --json report instead of a new one",
+    )
     sub.choices["report"].add_argument("file", type=Path)
     sub.add_parser("list", help="the benchmarks, in the order they run")
     return parser.parse_args(argv)
@@ -102,8 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmarks: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.update and not (only and json_path.exists()):
+        print("--update needs --only and an existing report at --json", file=sys.stderr)
+        return 2
+    earlier = json.loads(json_path.read_text()) if args.update else None
 
     def save(report: dict[str, Any]) -> None:
+        if earlier is not None:
+            report = merge(earlier, report)
         report["json_path"] = _relative(json_path)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -115,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the report so far is in " + str(json_path), file=sys.stderr)
         return 130
     save(report)
+    report = json.loads(json_path.read_text())  # merged with the earlier report under --update
     print(_summary(report))
     _publish(report, markdown, plots_dir)
     failed = [b["name"] for b in report["benchmarks"] if b["status"] != "ok"]

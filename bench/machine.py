@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "load_average"]
+__all__ = ["describe", "describe_commit", "load_average"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("aiohttp", "blake3", "cryptography", "msgpack", "uvloop", "libtorrent", "matplotlib")
@@ -33,6 +33,12 @@ def describe(work: Path) -> dict[str, Any]:
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
+
+
+def describe_commit() -> str:
+    """The commit measured, marked when tracked files differ from it."""
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return _git("rev-parse", "--short", "HEAD") + (" (with local changes)" if dirty else "")
 
 
 def load_average() -> float:

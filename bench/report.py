@@ -196,6 +196,8 @@ def _tables(report: dict[str, Any]) -> Iterable[str]:
         yield f"### {bench['title']}"
         yield ""
         load = f"load average {bench['load_before']} → {bench['load_after']}"
+        if bench["name"] in report.get("rerun", []):
+            load += f"; **rerun** at {bench['started']} (commit {bench['commit']})"
         ran = "; ".join(f"`{c}`" for c in bench["invocations"])
         yield f"`{bench['name']}`, {bench['seconds']:.0f} s; {load}; ran {ran}"
         yield ""

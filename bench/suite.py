@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.adapters import ADAPTERS
-from bench.machine import describe, load_average
+from bench.machine import describe, describe_commit, load_average
 
-__all__ = ["BENCHMARKS", "Benchmark", "run_suite"]
+__all__ = ["BENCHMARKS", "Benchmark", "merge", "run_suite"]
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_PARENT = ROOT / "bench" / "results" / "tmp"
@@ -181,6 +181,8 @@ class Outcome:
     figures: list[dict[str, Any]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    started: str = ""
+    commit: str = ""
     load_before: float = 0.0
     load_after: float = 0.0
     invocations: list[str] = field(default_factory=list)
@@ -225,6 +227,8 @@ def _run_one(
     bench: Benchmark, quick: bool, tmp: Path, tag: str, started: float, out: TextIO
 ) -> Outcome:
     outcome = Outcome(bench.name, bench.title, load_before=load_average())
+    outcome.started = datetime.now(UTC).isoformat(timespec="seconds")
+    outcome.commit = describe_commit()
     begin = time.monotonic()
     raws: list[dict[str, Any]] = []
     timeout = bench.quick_timeout_s if quick else bench.timeout_s
@@ -317,3 +321,19 @@ def _killed_after(proc: subprocess.Popen[str], timeout: float) -> Iterator[threa
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     return f"{minutes}:{secs:02d}"
+
+
+def merge(earlier: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with the benchmarks of ``rerun`` put in place of their namesakes, in suite
+    order: one benchmark measured again (a fix to its method, a failed step) without running
+    the rest. Each entry keeps its own start time and commit; the report says which were rerun."""
+    if earlier["mode"] != rerun["mode"]:
+        raise ValueError(f"cannot merge a {rerun['mode']} run into a {earlier['mode']} report")
+    fresh = {b["name"]: b for b in rerun["benchmarks"]}
+    entries = {b["name"]: b for b in earlier["benchmarks"]} | fresh
+    order = [b.name for b in BENCHMARKS if b.name in entries]
+    merged = dict(earlier)
+    merged["benchmarks"] = [entries[name] for name in order]
+    merged["rerun"] = sorted(set(earlier.get("rerun", [])) | set(fresh))
+    merged["duration_s"] = round(sum(b["seconds"] for b in merged["benchmarks"]), 1)
+    return merged

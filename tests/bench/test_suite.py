@@ -193,3 +193,23 @@ def test_bench_all_quick_of_one_benchmark_writes_json_page_and_exit_status(
     assert all(f["value"] > 0 and f["baseline"]["value"] > 0 for f in events["figures"])
     assert "[1/1 events]" in proc.stderr
     assert "publish, 100-event batches" in page.read_text()
+
+
+def _entry(name: str, value: float) -> dict[str, Any]:
+    fig = figure(f"{name}.x", group="g", name=name, unit="s", runs=[value])
+    return {"name": name, "seconds": value, "figures": [fig], "status": "ok"}
+
+
+def test_a_rerun_replaces_its_namesake_in_suite_order_and_is_marked() -> None:
+    earlier = {
+        "mode": "full",
+        "benchmarks": [_entry("http", 1.0), _entry("channel", 2.0), _entry("small", 3.0)],
+    }
+    rerun = {"mode": "full", "benchmarks": [_entry("http", 5.0)]}
+    merged = suite.merge(earlier, rerun)
+    assert [b["name"] for b in merged["benchmarks"]] == ["http", "channel", "small"]
+    assert merged["benchmarks"][0]["figures"][0]["value"] == 5.0
+    assert merged["rerun"] == ["http"]
+    assert merged["duration_s"] == 10.0
+    with pytest.raises(ValueError, match="quick run into a full report"):
+        suite.merge(earlier, rerun | {"mode": "quick"})
