@@ -166,7 +166,9 @@ def _vary(path: Path, run: int) -> None:
 # -- node -> node ---------------------------------------------------------------------------------
 
 
-async def _node_once(work: Path, src: Path, size: int, run: int) -> dict[str, Any]:
+async def node_pair_once(work: Path, src: Path, size: int, run: int) -> dict[str, Any]:
+    """Two fresh nodes; ``src`` uploaded to A with curl; ``seconds`` from A's 201 until B holds
+    it, ``upload_seconds`` the upload before (``bench.peers_transfer`` adds the two)."""
     root = work / f"node-run{run}"
     loop = asyncio.get_running_loop()
     try:
@@ -183,6 +185,7 @@ async def _node_once(work: Path, src: Path, size: int, run: int) -> dict[str, An
             # still stalled on fresh pages (B at ~2.4 CPU-s instead of ~0.7); 3 × size, none.
             recycle_memory(work / "recycle.bin", 3 * size)
             warm(src)
+            start = time.time()
             handle = await upload_file(a, src)
             t0, wall0 = loop.time(), time.time()
             cpu_a, cpu_b = cpu_seconds(a.pid), cpu_seconds(b.pid)
@@ -199,6 +202,7 @@ async def _node_once(work: Path, src: Path, size: int, run: int) -> dict[str, An
     logged = _logged_at(record)
     return {
         "seconds": done - t0 if logged is None else logged - wall0,
+        "upload_seconds": wall0 - start,
         "polled_seconds": done - t0,
         "fetched_log_seconds": None if record is None else record.get("seconds"),
         "duplicate_bytes": totals.get("duplicateBytes"),
@@ -221,13 +225,13 @@ async def bench_node(work: Path, size: int, runs: int, *, warmup: bool) -> dict[
         progress("  warm-up run (not reported)")
         await file_baseline(work, src, size)
         with contextlib.suppress(*FAILURES):
-            await _node_once(work, src, size, -1)
+            await node_pair_once(work, src, size, -1)
     for run in range(runs):
         _vary(src, run)
         base_runs.append(await file_baseline(work, src, size))
         progress(f"  run {run + 1}/{runs}: raw TCP {_gbps(size, base_runs[-1]['seconds'])} GB/s")
         try:
-            node_runs.append(await _node_once(work, src, size, run))
+            node_runs.append(await node_pair_once(work, src, size, run))
         except FAILURES as exc:
             node_runs.append({"error": _error(exc)})
             progress(f"  run {run + 1}/{runs}: node failed: {node_runs[-1]['error']}")

@@ -37,10 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import blake3
 from aiohttp import web
 
-from bench.pagecache import make_input, recycle_memory, warm
+from bench.pagecache import blake3_file, make_input, recycle_memory, warm
 from bench.procstats import rss_growth
 
 MIB = 1024 * 1024
@@ -137,12 +136,6 @@ def _wait_for_file(path: Path, proc: subprocess.Popen[bytes]) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear")
         time.sleep(0.05)
-
-
-def _blake3_file(path: Path) -> str:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hasher.update_mmap(path)
-    return "blake3:" + hasher.hexdigest()
 
 
 def _gbps(size: int, seconds: float) -> float:
@@ -280,7 +273,7 @@ class Bench:
             uploads["baseline"].append(self.upload_baseline())
             node_upload, handle = self.upload_node()
             uploads["node"].append(node_upload)
-            expected = _blake3_file(self.src)
+            expected = "blake3:" + blake3_file(self.src)
             assert handle == expected, (handle, expected)
             raw = uploads["baseline"][-1]["seconds"]
             _log(
@@ -295,7 +288,7 @@ class Bench:
             downloads["baseline"].append(base)
             node = self.download(f"{self.node_url}?{handle}", node_blob, self.node.pid)
             if run == 0:
-                assert _blake3_file(self.out) == handle
+                assert "blake3:" + blake3_file(self.out) == handle
             downloads["node"].append(node)
             _log(
                 f"download run {run + 1}/{runs}: FileResponse"

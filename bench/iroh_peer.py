@@ -47,10 +47,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-import blake3
-
 from bench.figures import progress
-from bench.pagecache import MIB, make_input, recycle_memory, warm
+from bench.pagecache import MIB, blake3_file, make_input, recycle_memory, warm
 
 __all__ = ["iroh_version", "main", "run_iroh", "unusable_reason"]
 
@@ -215,19 +213,11 @@ def _transfer(a: _Child, b: _Child, src: Path, copy: Path, deadline: float) -> d
     return _figures(added, fetched)
 
 
-def _file_hash(path: Path) -> str:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MIB):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _verify(src: Path, copy: Path, iroh_hash: str) -> None:
     """iroh's hash must be the source's BLAKE3, and B's exported copy must hash to it."""
-    if _file_hash(src) != iroh_hash:
+    if blake3_file(src) != iroh_hash:
         raise RuntimeError("iroh serve: its hash is not the source's BLAKE3")
-    if not copy.is_file() or _file_hash(copy) != iroh_hash:
+    if not copy.is_file() or blake3_file(copy) != iroh_hash:
         raise RuntimeError("iroh fetch: B's exported copy differs from the source")
 
 

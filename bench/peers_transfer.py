@@ -65,14 +65,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
-import blake3
 
-from bench.blob_procs import MIB, make_input, node, raw_pair, recycle_memory, upload_file, warm
-from bench.blob_transfer import _fetched_record, _logged_at, _require_transfers, _wait_local
+from bench.blob_procs import MIB, make_input, raw_pair, recycle_memory, warm
+from bench.blob_transfer import node_pair_once
 from bench.figures import Goal, figure, progress, write_report
 from bench.iroh_peer import iroh_version, run_iroh
 from bench.iroh_peer import unusable_reason as iroh_unusable_reason
-from bench.swarm_procs import all_alive, wait_until
+from bench.pagecache import blake3_file
+from bench.swarm_procs import wait_until
 from netsim.nodeproc import REPO_ROOT
 
 WORK_PARENT = Path(__file__).resolve().parent / "results" / "tmp"
@@ -100,19 +100,10 @@ def _deadline(size: int) -> float:
     return max(MIN_DEADLINE_S, size / MIN_RATE_BPS)
 
 
-def _file_hash(path: Path) -> str:
-    """BLAKE3 of a file (multi-threaded; outside every timed span)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MIB):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _verify(copy: Path, expected: str, what: str) -> None:
     if not copy.is_file():
         raise RuntimeError(f"{what}: {copy.name} missing on B")
-    if _file_hash(copy) != expected:
+    if blake3_file(copy) != expected:
         raise RuntimeError(f"{what}: B's copy differs from the source")
 
 
@@ -153,31 +144,13 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 async def swarmnode_once(work: Path, src: Path, size: int, run: int) -> dict[str, float]:
-    """Upload to A → B holds the blob (module docstring)."""
-    root = work / f"swarmnode-run{run}"
-    loop = asyncio.get_running_loop()
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            node(root, "a") as a,
-            node(root, "b", [a.info.swarm], log_level="INFO") as b,
-        ):
-            await _require_transfers(session, b)
-            await wait_until(lambda: all_alive(session, [a, b]), START_DEADLINE_S, "A, B alive")
-            _prepare(work, src, size)
-            wall0 = time.time()
-            handle = await upload_file(a, src)
-            uploaded, t_uploaded = time.time(), loop.time()
-            done = await _wait_local(session, b, handle, _deadline(size), "B holds it", poll=0.1)
-            record = await _fetched_record(b, handle)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    logged = _logged_at(record)
-    end = uploaded + (done - t_uploaded) if logged is None else logged
+    """Upload to A → B holds the blob (module docstring): ``bench.blob_transfer``'s node pair,
+    its upload counted in."""
+    pair = await node_pair_once(work, src, size, run)
     return {
-        "seconds": end - wall0,
-        "upload_seconds": uploaded - wall0,
-        "transfer_seconds": end - uploaded,
+        "seconds": pair["upload_seconds"] + pair["seconds"],
+        "upload_seconds": pair["upload_seconds"],
+        "transfer_seconds": pair["seconds"],
     }
 
 
@@ -477,7 +450,7 @@ async def syncthing_once(work: Path, src: Path, size: int, run: int) -> dict[str
             checked = lambda: _in_sync(session, b, size)  # noqa: E731
             await wait_until(checked, _deadline(size), "syncthing B in sync", poll=POLL_S)
             in_sync = time.time()
-            _verify(b.folder / FILE_NAME, _file_hash(src), "syncthing")
+            _verify(b.folder / FILE_NAME, blake3_file(src), "syncthing")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
@@ -561,7 +534,7 @@ async def libtorrent_once(work: Path, src: Path, size: int, run: int) -> dict[st
             seeding = await seeder.read(_deadline(size))
             fetcher.send({"torrent": str(torrent), "port": port, "within": _deadline(size)})
             done = await fetcher.read(_deadline(size) + 5)
-        _verify(root / "b" / FILE_NAME, _file_hash(src), "libtorrent")
+        _verify(root / "b" / FILE_NAME, blake3_file(src), "libtorrent")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
