@@ -71,7 +71,7 @@ BENCHMARKS: list[Benchmark] = [
         "http",
         "HTTP upload and download against plain aiohttp handlers (curl), at several sizes",
         "http",
-        full=_sizes(["bench.http_blobs"], [(16, 3), (64, 3), (256, 3), (1024, 5)]),
+        full=_sizes(["bench.http_blobs"], [(16, 3), (64, 3), (256, 3), (1024, 7)]),
         quick=_sizes(["bench.http_blobs"], [(8, 1), (32, 1)]),
     ),
     Benchmark(

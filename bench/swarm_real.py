@@ -38,6 +38,7 @@ __all__ = ["catch_up", "convergence", "event_payload"]
 
 JOIN_DEADLINE_S = 180.0
 ROUND_DEADLINE_S = 120.0
+VIEWS_QUIET_S = 2.0
 CATCHUP_DEADLINE_S = 600.0
 PUBLISH_BATCH = 1000
 PUBLISH_CONCURRENCY = 4
@@ -53,6 +54,28 @@ async def _copies(session: aiohttp.ClientSession, nodes: list[NodeProcess]) -> l
     return [int(b["dissemination"]["copies_received"]) for b in bodies]
 
 
+async def _active_views(session: aiohttp.ClientSession, nodes: list[NodeProcess]) -> list[set[str]]:
+    bodies = await asyncio.gather(*(status(session, nd) for nd in nodes))
+    return [{p["nodeId"] for p in b["peers"] if p.get("view") == "active"} for b in bodies]
+
+
+async def _views_settled(session: aiohttp.ClientSession, nodes: list[NodeProcess]) -> float:
+    """Loop time at which every active view had stayed the same for ``VIEWS_QUIET_S``."""
+    loop = asyncio.get_running_loop()
+    last = await _active_views(session, nodes)
+    changed = loop.time()
+
+    async def quiet() -> bool:
+        nonlocal last, changed
+        now_views = await _active_views(session, nodes)
+        if now_views != last:
+            last, changed = now_views, loop.time()
+        return loop.time() - changed >= VIEWS_QUIET_S
+
+    await wait_until(quiet, JOIN_DEADLINE_S, "active views unchanged", poll=0.25)
+    return changed + VIEWS_QUIET_S
+
+
 async def convergence(root: Path, n: int, *, rounds: int, batch: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     progress(f"convergence: starting {n} nodes as a chain")
@@ -63,6 +86,11 @@ async def convergence(root: Path, n: int, *, rounds: int, batch: int) -> dict[st
         )
         join_s = joined - started
         progress(f"  joined in {join_s:.2f} s")
+        # Membership converges (gossip) before the overlay does: HyParView may still be swapping
+        # active links, and every new link starts eager. Copies are a steady-state figure, so the
+        # rounds start once no node's active view has changed for VIEWS_QUIET_S.
+        views_s = await _views_settled(session, nodes) - joined
+        progress(f"  active views unchanged for {VIEWS_QUIET_S:.0f} s, {views_s:.2f} s after")
         event_s: list[float] = []
         copies: list[float] = []
         want: dict[str, int] = {}
@@ -94,6 +122,7 @@ async def convergence(root: Path, n: int, *, rounds: int, batch: int) -> dict[st
     return {
         "nodes": n,
         "join_s": round(join_s, 3),
+        "views_settled_s": round(views_s, 3),
         "events_per_round": batch * n,
         "warmup_event_s": round(event_s[0], 3),
         "warmup_copies_per_node_event": round(copies[0], 3),
