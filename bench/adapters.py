@@ -421,8 +421,8 @@ def dissemination(raws: list[Raw]) -> Adapted:
                     "histograms": [m["histogram"] for m in measured],
                     "wall_s": [s["wall_s"] for s in sims],
                 },
-                note="a run per seed; a new source's first events flood before its tree prunes "
-                "(their p99 is in params)",
+                note="a run per seed; a new source's first events flood along every eager link "
+                "before its tree prunes",
             ),
             figure(
                 f"dissemination.copies_{n}",

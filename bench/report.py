@@ -205,11 +205,11 @@ def _tables(report: dict[str, Any]) -> Iterable[str]:
         yield "|---|---|---|---|---|"
         notes: list[str] = []
         for fig in bench["figures"]:
-            mark = ""
-            if fig.get("note"):
-                if fig["note"] not in notes:
-                    notes.append(fig["note"])
-                mark = f" [{notes.index(fig['note']) + 1}]"
+            mark, note = "", _note(fig)
+            if note:
+                if note not in notes:
+                    notes.append(note)
+                mark = f" [{notes.index(note) + 1}]"
             cells = (
                 fig["name"] + mark,
                 _value(fig),
@@ -222,6 +222,36 @@ def _tables(report: dict[str, Any]) -> Iterable[str]:
         for number, note in enumerate(notes, 1):
             yield f"[{number}] {note}"
             yield ""
+
+
+# Params worth a line on the page: key → how to say it.
+PARAM_NOTES = {
+    "handshakes_per_s_one_core": "Noise XXpsk3 handshakes per second, both ends on one core: {}",
+    "crash_detected_by_all_s": "a crashed node was marked dead by every live node after {} s "
+    "(virtual time, per seed)",
+    "first_events_of_new_sources_p99": "hops p99 of a new source's first events, per seed: {}",
+}
+
+
+def _note(fig: dict[str, Any]) -> str:
+    """The figure's note with the params ``PARAM_NOTES`` names."""
+    parts = [fig["note"]] if fig.get("note") else []
+    params = fig.get("params", {})
+    parts += [
+        text.format(_plain(params[key])) for key, text in PARAM_NOTES.items() if key in params
+    ]
+    return "; ".join(parts)
+
+
+def _plain(value: object) -> str:
+    """A param as prose: lists and dicts without brackets, numbers as in the tables."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, int | float):
+        return _fmt(value)
+    return str(value)
 
 
 def _baseline(fig: dict[str, Any]) -> str:
@@ -243,7 +273,7 @@ def _peers(report: dict[str, Any]) -> Iterable[str]:
     if ran:
         yield (
             f"{', '.join(ran)} ran in the same run as swarmnode, on the same work (tables "
-            "above: *Peer systems* and *Membership*)."
+            "above: *1 GiB between two local instances* and *Membership*)."
         )
         yield ""
     yield from _floor(report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -113,7 +114,7 @@ BENCHMARKS: list[Benchmark] = [
     ),
     Benchmark(
         "peers",
-        "1 GiB between two local instances: swarmnode, Syncthing, libtorrent",
+        "1 GiB between two local instances: swarmnode, Syncthing, libtorrent, iroh-blobs",
         "passthrough",
         full=[["bench.peers_transfer"]],
         quick=[["bench.peers_transfer", "--quick"]],
@@ -235,7 +236,7 @@ def _run_one(
     try:
         for i, argv in enumerate(bench.invocations(quick)):
             path = tmp / f"{bench.name}-{i}.json"
-            outcome.invocations.append("python -m " + " ".join(argv or ["''"]))
+            outcome.invocations.append("python -m " + shlex.join(argv))
             raws.append(_invoke([*argv, bench.json_flag], path, timeout, tag, started, out))
         figures, plot = ADAPTERS[bench.adapter](raws)
     except (
