@@ -515,11 +515,16 @@ def _median(values: list[float]) -> float:
 
 
 def plot_series(trials: list[Trial], nodes: list[int]) -> list[dict[str, Any]]:
-    """Median converge and detect against N, swarmnode and Serf (N without runs left out)."""
+    """Median converge, settle and detect against N, swarmnode and Serf (N without runs left
+    out): converge carries process start-up, settle is the protocol alone."""
     out = []
     for system, style in (("swarmnode", "measured"), ("serf", "baseline")):
         label = "swarmnode" if system == "swarmnode" else "Serf"
-        for attr, what in (("converge_s", "converge"), ("detect_s", "detect")):
+        for attr, what in (
+            ("converge_s", "converge"),
+            ("settle_s", "settle"),
+            ("detect_s", "detect"),
+        ):
             xs = [n for n in nodes if _runs(trials, system, n, attr)]
             ys = [_median(_runs(trials, system, n, attr)) for n in xs]
             if xs:

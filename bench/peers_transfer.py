@@ -737,7 +737,7 @@ def _figures(systems: list[System], size: int) -> list[dict[str, Any]]:
                 name=f"{_size(size)} A→B end to end, swarmnode against {peer.label.split(',')[0]}",
                 runs=_seconds(swarm), baseline=peer.label, baseline_runs=_seconds(peer),
                 goal=None if peer.name == "floor" else GOAL, params=params,
-                note=_NOTES["swarmnode"] + " " + _NOTES[peer.name],
+                note=_NOTES[peer.name],
             )
         )  # fmt: skip
     floor = by_name.get("floor")
