@@ -31,14 +31,18 @@ def describe(work: Path) -> dict[str, Any]:
         "uvloop": _uvloop_used(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": _dirty(),
     }
 
 
 def describe_commit() -> str:
     """The commit measured, marked when tracked files differ from it."""
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
-    return _git("rev-parse", "--short", "HEAD") + (" (with local changes)" if dirty else "")
+    return _git("rev-parse", "--short", "HEAD") + (" (with local changes)" if _dirty() else "")
+
+
+def _dirty() -> bool:
+    """Tracked files differ from the commit (untracked results do not count)."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no"))
 
 
 def load_average() -> float:
